@@ -1,0 +1,104 @@
+"""Configuration, read once from the environment into frozen objects."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def database_url(domain: str, allow_plain: bool = True) -> str:
+    """`<DOMAIN>_DATABASE_URL`, else plain `DATABASE_URL` (one worker), else `<domain>_db` locally."""
+    specific = os.environ.get(f"{domain.upper()}_DATABASE_URL")
+    if specific:
+        return specific
+    if allow_plain and os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    return f"{LOCAL_POSTGRES}{domain}_db"
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """Bearer tokens from the auth service: key and pinned algorithm."""
+
+    algorithm: str = "HS256"
+    secret: str | None = None        # HS* shared secret
+    public_key: str | None = None    # RS*/ES*/EdDSA verification key (PEM)
+    private_key: str | None = None   # only for `workers token` in development
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: int = 30
+
+    @classmethod
+    def from_env(cls) -> "JwtConfig":
+        return cls(
+            algorithm=os.environ.get("JWT_ALGORITHM", "HS256"),
+            secret=os.environ.get("JWT_SECRET") or None,
+            public_key=os.environ.get("JWT_PUBLIC_KEY") or None,
+            private_key=os.environ.get("JWT_PRIVATE_KEY") or None,
+            issuer=os.environ.get("JWT_ISSUER") or None,
+            audience=os.environ.get("JWT_AUDIENCE") or None,
+            leeway_s=_int("JWT_LEEWAY_S", 30),
+        )
+
+    @property
+    def verify_key(self) -> str | None:
+        return self.secret if self.algorithm.startswith("HS") else self.public_key
+
+    @property
+    def signing_key(self) -> str | None:
+        return self.secret if self.algorithm.startswith("HS") else self.private_key
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a process reads from its environment."""
+
+    rabbitmq_url: str = "amqp://127.0.0.1:5672/%2F"
+    exchange: str = "app.events"
+    log_level: str = "INFO"
+    port: int = 8080
+    # worker runtime
+    prefetch: int = 400
+    max_attempts: int = 6
+    retry_delays_s: tuple[int, ...] = (1, 5, 30, 120)
+    delivery_limit: int = 20
+    heartbeat_s: int = 30
+    outbox_relay_interval_s: float = 5.0
+    # ingress
+    max_body_bytes: int = 256 * 1024
+    max_batch_events: int = 100
+    publish_timeout_s: float = 5.0
+    max_clock_skew_s: int = 300
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        delays = os.environ.get("RETRY_DELAYS_S")
+        return cls(
+            rabbitmq_url=os.environ.get("RABBITMQ_URL", cls.rabbitmq_url),
+            exchange=os.environ.get("EXCHANGE", cls.exchange),
+            log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
+            port=_int("PORT", cls.port),
+            prefetch=_int("PREFETCH", cls.prefetch),
+            max_attempts=_int("MAX_ATTEMPTS", cls.max_attempts),
+            retry_delays_s=tuple(int(d) for d in delays.split(",")) if delays else cls.retry_delays_s,
+            delivery_limit=_int("DELIVERY_LIMIT", cls.delivery_limit),
+            heartbeat_s=_int("HEARTBEAT_S", cls.heartbeat_s),
+            outbox_relay_interval_s=_float("OUTBOX_RELAY_INTERVAL_S", cls.outbox_relay_interval_s),
+            max_body_bytes=_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_batch_events=_int("MAX_BATCH_EVENTS", cls.max_batch_events),
+            publish_timeout_s=_float("PUBLISH_TIMEOUT_S", cls.publish_timeout_s),
+            max_clock_skew_s=_int("MAX_CLOCK_SKEW_S", cls.max_clock_skew_s),
+            jwt=JwtConfig.from_env(),
+        )

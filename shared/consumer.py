@@ -1,0 +1,264 @@
+"""The consumer runtime every worker runs on (DESIGN §4).
+
+Two threads. The I/O thread owns the consuming connection: it receives deliveries, hands them
+to the processing thread in batches and settles (acks) them; it keeps calling into pika, so
+heartbeats flow however long a handler runs. The processing thread owns the database
+connection and a publishing connection: it commits a batch, publishes its outbox, republishes
+retries and dead letters, then asks the I/O thread (add_callback_threadsafe) to ack.
+"""
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from functools import partial
+
+import pika
+
+from shared import broker, outbox, topology
+from shared.backoff import Backoff
+from shared.config import Config
+from shared.handler import WorkerSpec
+from shared.logging import log
+from shared.processor import DEAD, DUPLICATE, PROCESSED, RETRY, BatchProcessor, DatabaseUnavailable, Delivery, Verdict
+from shared.publisher import BatchPublisher, Message
+
+_OUTCOME_MSG = {PROCESSED: "event processed", DUPLICATE: "duplicate skipped",
+                RETRY: "event retried", DEAD: "event dead-lettered"}
+
+
+class Consumer:
+    def __init__(self, spec: WorkerSpec, config: Config, db_url: str,
+                 drain_timeout_s: float = 25.0, relay_min_age_s: float = 5.0):
+        self.spec, self.config = spec, config
+        self.names = topology.QueueNames(spec.name)
+        self.processor = BatchProcessor(spec, db_url, config.max_clock_skew_s)
+        self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-publisher", config.heartbeat_s)
+        self.max_batch = max(1, config.prefetch // 2)  # the rest of the prefetch streams in meanwhile
+        self.drain_timeout_s = drain_timeout_s
+        self.relay_min_age_s = relay_min_age_s
+        self.stopping = threading.Event()
+        self._pending: list[Delivery] = []
+        self._idle = threading.Event()
+        self._idle.set()
+        self._inbox: queue.Queue = queue.Queue(maxsize=1)
+        self._connection = None
+        self._channel = None
+        self._generation = 0
+        self.last_loop_at = time.monotonic()
+
+    # ---- public -------------------------------------------------------------------------
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        log.info("worker starting", worker=self.spec.name, handlers=sorted(self.spec.handlers),
+                 queue=self.names.main, bindings=sorted(self.spec.handlers), prefetch=self.config.prefetch,
+                 max_batch=self.max_batch)
+        worker_thread = threading.Thread(target=self._process_loop, name="processor", daemon=True)
+        worker_thread.start()
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                self._consume(backoff)
+            except broker.CONNECTION_ERRORS as exc:
+                self._pending.clear()  # unacked: the broker redelivers them to someone
+                delay = backoff.next()
+                log.warning("broker unavailable, reconnecting", worker=self.spec.name,
+                            error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2),
+                            attempt=backoff.attempts)
+                self.stopping.wait(delay)
+        self._inbox.put(None)
+        worker_thread.join(timeout=self.drain_timeout_s)
+        self.processor.close()
+        self.publisher.close()
+        log.info("worker stopped", worker=self.spec.name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ---- I/O thread ---------------------------------------------------------------------
+    def _consume(self, backoff: Backoff) -> None:
+        params = broker.parameters(self.config.rabbitmq_url, self.config.heartbeat_s,
+                                   client_name=f"worker-{self.spec.name}")
+        connection = pika.BlockingConnection(params)
+        try:
+            channel = connection.channel()
+            topology.declare_worker(channel, self.spec.name, self.spec.handlers.keys(), self.config.exchange,
+                                    self.config.delivery_limit, self.config.retry_delays_s)
+            channel.basic_qos(prefetch_count=self.config.prefetch)
+            self._generation += 1
+            self._connection, self._channel = connection, channel
+            tag = channel.basic_consume(self.names.main, partial(self._on_message, self._generation))
+            backoff.reset()
+            log.info("consuming", worker=self.spec.name, queue=self.names.main)
+            while not self.stopping.is_set():
+                connection.process_data_events(time_limit=0 if self._pending and self._idle.is_set() else 0.2)
+                self.last_loop_at = time.monotonic()
+                self._dispatch()
+            channel.basic_cancel(tag)  # no new deliveries; finish what we hold
+            deadline = time.monotonic() + self.drain_timeout_s
+            while (self._pending or not self._idle.is_set()) and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.1)
+                self._dispatch()
+        finally:
+            self._channel = None
+            if connection.is_open:
+                try:
+                    connection.close()
+                except Exception:
+                    pass
+
+    def _on_message(self, generation, _channel, method, properties, body) -> None:
+        self._pending.append(Delivery(method.delivery_tag, body, properties, method.routing_key, generation))
+
+    def _dispatch(self) -> None:
+        if self._pending and self._idle.is_set():
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            self._idle.clear()
+            self._inbox.put(batch)
+
+    def _settle(self, generation: int, ack_upto: int | None, acks: list[int], requeue: list[int]) -> None:
+        channel = self._channel
+        if channel is None or generation != self._generation or not channel.is_open:
+            return  # that channel is gone; the broker has requeued its unacked messages
+        for tag in requeue:
+            channel.basic_nack(tag, requeue=True)
+        if ack_upto is not None:
+            channel.basic_ack(ack_upto, multiple=True)
+        for tag in acks:
+            channel.basic_ack(tag)
+
+    # ---- processing thread ----------------------------------------------------------------
+    def _process_loop(self) -> None:
+        next_relay = 0.0
+        while True:
+            try:
+                batch = self._inbox.get(timeout=1.0)
+            except queue.Empty:
+                batch = ()
+            if batch is None:
+                return
+            try:
+                if batch:
+                    self._handle(batch)
+                if time.monotonic() >= next_relay and not self.stopping.is_set():
+                    next_relay = time.monotonic() + self.config.outbox_relay_interval_s
+                    self._relay()
+                self.publisher.keepalive()
+            except Exception:
+                log.exception("processing loop error", worker=self.spec.name)
+            finally:
+                if batch:
+                    self._idle.set()
+
+    def _handle(self, batch: list[Delivery]) -> None:
+        started = time.perf_counter()
+        backoff = Backoff()
+        while True:
+            try:
+                verdicts, written = self.processor.process(batch)
+                break
+            except DatabaseUnavailable as exc:
+                if self.stopping.is_set():
+                    return  # leave them unacked: redelivered after restart
+                delay = backoff.next()
+                log.warning("database unavailable, holding batch", worker=self.spec.name, batch=len(batch),
+                            error=str(exc)[:200], retry_in_s=round(delay, 2), attempt=backoff.attempts)
+                self.stopping.wait(delay)
+        duration_ms = round((time.perf_counter() - started) * 1000 / len(batch), 3)
+        try:
+            outbox.publish_written(self.processor.connection(), self.publisher, self.config.exchange,
+                                   written, self.spec.name)
+        except Exception as exc:  # committed: the relay publishes these rows later
+            log.warning("outbox publish failed, relay will retry", worker=self.spec.name,
+                        events=len(written), error=f"{type(exc).__name__}: {exc}")
+        unforwarded = self._forward_failures(verdicts)
+        self._log(verdicts, duration_ms)
+        self._request_settle(batch, unforwarded)
+
+    def _forward_failures(self, verdicts: list[Verdict]) -> set[int]:
+        """Republish retries to their delay queue and dead letters to W.dead.
+
+        Returns the tags the broker did not take: those must not be acked."""
+        failing = [v for v in verdicts if v.outcome in (RETRY, DEAD)]
+        if not failing:
+            return set()
+        try:
+            self.publisher.publish([self._retry_or_dead(v) for v in failing])
+            return set()
+        except Exception as exc:
+            log.error("could not forward failed messages; they will be redelivered", worker=self.spec.name,
+                      count=len(failing), error=f"{type(exc).__name__}: {exc}")
+            return {v.delivery.tag for v in failing}
+
+    def _retry_or_dead(self, verdict: Verdict) -> Message:
+        d, exc = verdict.delivery, verdict.error
+        attempt = d.attempt
+        if verdict.outcome == RETRY and attempt >= self.config.max_attempts:
+            verdict.outcome, reason = DEAD, "retries_exhausted"
+        else:
+            reason = getattr(exc, "reason", None) or ("rejected_by_database" if verdict.outcome == DEAD else "transient")
+        headers = dict(d.properties.headers or {})
+        headers.update({"x-attempts": attempt, "x-last-error": f"{type(exc).__name__}: {exc}"[:500]})
+        props = d.properties
+        if verdict.outcome == RETRY:
+            delays = self.config.retry_delays_s
+            delay = delays[min(attempt - 1, len(delays) - 1)]
+            verdict.retry_in_s = delay
+            return Message("", self.names.retry(delay), d.body, _with_headers(props, headers), mandatory=True)
+        headers.update({"x-dead-reason": reason, "x-dead-detail": str(exc)[:500],
+                        "x-dead-exception": type(exc).__name__, "x-dead-worker": self.spec.name,
+                        "x-dead-at": datetime.now(timezone.utc).isoformat(),
+                        "x-original-routing-key": props.type or d.routing_key})
+        field = getattr(exc, "field", None)
+        if field:
+            headers["x-dead-field"] = field
+        verdict.reason = reason
+        return Message(topology.DEAD_EXCHANGE, self.spec.name, d.body, _with_headers(props, headers), mandatory=True)
+
+    def _request_settle(self, batch: list[Delivery], unforwarded: set[int]) -> None:
+        if unforwarded:  # ack the rest one by one; requeue what we could not forward
+            ack_upto, acks, requeue = None, [d.tag for d in batch if d.tag not in unforwarded], sorted(unforwarded)
+        else:  # earlier batches are settled already, so one multiple-ack covers this batch
+            ack_upto, acks, requeue = batch[-1].tag, [], []
+        try:
+            self._connection.add_callback_threadsafe(
+                partial(self._settle, batch[0].generation, ack_upto, acks, requeue))
+        except Exception:
+            pass  # connection gone: unacked messages are redelivered, idempotency makes that safe
+
+    def _relay(self) -> None:
+        try:
+            sent = outbox.relay(self.processor.connection(), self.publisher, self.config.exchange,
+                                self.spec.name, self.relay_min_age_s)
+            if sent:
+                log.info("outbox relayed", worker=self.spec.name, events=sent)
+        except DatabaseUnavailable:
+            pass
+        except Exception as exc:
+            log.warning("outbox relay failed", worker=self.spec.name, error=f"{type(exc).__name__}: {exc}")
+
+    def _log(self, verdicts: list[Verdict], duration_ms: float) -> None:
+        for v in verdicts:
+            e = v.event
+            fields = {"worker": self.spec.name, "duration_ms": duration_ms,
+                      "event_type": e.event_type if e else v.delivery.properties.type,
+                      "client_generated_id": e.id if e else v.delivery.properties.message_id,
+                      "user_id": e.user_id if e else None}
+            if v.outcome in (PROCESSED, DUPLICATE):
+                log.info(_OUTCOME_MSG[v.outcome], **fields)
+            elif v.outcome == RETRY:
+                log.warning(_OUTCOME_MSG[v.outcome], attempt=v.delivery.attempt, retry_in_s=v.retry_in_s,
+                            error=f"{type(v.error).__name__}: {v.error}"[:300], **fields)
+            else:
+                log.error(_OUTCOME_MSG[v.outcome], reason=v.reason, attempt=v.delivery.attempt,
+                          error=f"{type(v.error).__name__}: {v.error}"[:300], **fields)
+
+
+def _with_headers(props: pika.BasicProperties, headers: dict) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=props.content_type or "application/json", delivery_mode=broker.PERSISTENT,
+        message_id=props.message_id, type=props.type, timestamp=props.timestamp, headers=headers)

@@ -1,0 +1,74 @@
+"""The event catalog: one JSON Schema per event type, compiled once, used by ingress and workers."""
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import fastjsonschema
+
+from shared.errors import InvalidEvent, UnknownEventType
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+KNOWN_MAJORS = frozenset({1})
+
+
+@lru_cache(maxsize=1)
+def envelope_schema() -> dict:
+    return json.loads((SCHEMA_DIR / "envelope.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def data_schemas() -> dict[str, dict]:
+    """event_type → the schema of its `data`, with `x-producer` / `x-consumer` metadata."""
+    return {path.name[: -len(".json")]: json.loads(path.read_text())
+            for path in sorted((SCHEMA_DIR / "events").glob("*.json"))}
+
+
+def client_event_types() -> frozenset[str]:
+    """Event types a client may post; outcome events come only from workers."""
+    return frozenset(t for t, s in data_schemas().items() if s.get("x-producer") == "frontend")
+
+
+def event_schema(event_type: str) -> dict:
+    """The whole event (envelope plus this type's data) as one JSON Schema, as served to clients."""
+    try:
+        data = data_schemas()[event_type]
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {event_type!r}", field="event_type") from None
+    schema = copy.deepcopy(envelope_schema())
+    schema["$id"] = f"https://spotter.app/schemas/events/{event_type}.json"
+    schema["title"] = event_type
+    schema["description"] = data.get("description", "")
+    schema["properties"]["event_type"] = {"const": event_type}
+    schema["properties"]["data"] = {k: v for k, v in data.items() if k != "$schema"}
+    return schema
+
+
+@lru_cache(maxsize=None)
+def _validator(event_type: str):
+    return fastjsonschema.compile(event_schema(event_type))
+
+
+def _field_name(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    # fastjsonschema calls the root "data"; our envelope also has a "data" field.
+    path = [str(p) for p in (exc.path or ["data"])[1:]]
+    return ".".join(path) or "event"
+
+
+def validate(event: dict) -> None:
+    """Raise InvalidEvent naming the failing field, or UnknownEventType."""
+    if not isinstance(event, dict):
+        raise InvalidEvent("an event must be a JSON object", field="event")
+    event_type = event.get("event_type")
+    if not isinstance(event_type, str):
+        raise InvalidEvent("event_type is required and must be a string", field="event_type")
+    if event_type not in data_schemas():
+        raise UnknownEventType(f"unknown event type {event_type[:64]!r}", field="event_type")
+    try:
+        _validator(event_type)(event)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        name = _field_name(exc)
+        message = exc.message.replace(exc.name, name, 1) if exc.name else exc.message
+        raise InvalidEvent(message, field=name) from None

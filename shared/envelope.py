@@ -1,0 +1,88 @@
+"""The event envelope (DESIGN §2): parsing, checks beyond the schema, outcome events."""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+from shared import contracts, strictjson
+from shared.errors import InvalidEvent, UnsupportedVersion
+
+DEFAULT_SCHEMA_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    schema_version: str
+    event_type: str
+    client_generated_id: uuid.UUID
+    user_id: str
+    timestamp: datetime
+    source_service: str
+    data: dict
+
+    @property
+    def id(self) -> str:
+        return str(self.client_generated_id)
+
+    @property
+    def version_key(self) -> str:
+        """Sorts like (timestamp, id): 'newest wins' compares these, ties broken by id."""
+        ts = self.timestamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f"{ts}/{self.client_generated_id}"
+
+    @property
+    def payload_hash(self) -> bytes:
+        """What a duplicate must match: event type and data, canonically serialized."""
+        return hashlib.sha256(self.event_type.encode() + b"\0"
+                              + orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS)).digest()
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, "event_type": self.event_type,
+                "client_generated_id": self.id, "user_id": self.user_id,
+                "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+                "source_service": self.source_service, "data": self.data}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def from_dict(event, max_clock_skew_s: int = 300, now: datetime | None = None) -> Envelope:
+    """Validate a parsed event against its schema and the rules a schema cannot say."""
+    contracts.validate(event)
+    major = int(event["schema_version"].split(".", 1)[0])
+    if major not in contracts.KNOWN_MAJORS:
+        raise UnsupportedVersion(f"schema_version {event['schema_version']} is not supported "
+                                 f"(known majors: {sorted(contracts.KNOWN_MAJORS)})", field="schema_version")
+    ts = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    now = now or datetime.now(timezone.utc)
+    if ts - now > timedelta(seconds=max_clock_skew_s):
+        raise InvalidEvent("timestamp is in the future", field="timestamp")
+    return Envelope(
+        schema_version=event["schema_version"],
+        event_type=event["event_type"],
+        client_generated_id=uuid.UUID(event["client_generated_id"]),
+        user_id=str(uuid.UUID(event["user_id"])),
+        timestamp=ts,
+        source_service=event["source_service"],
+        data=event["data"],
+    )
+
+
+def parse(body: bytes, max_bytes: int | None = None, max_clock_skew_s: int = 300) -> Envelope:
+    """Bytes off the wire → a validated Envelope, or InvalidEvent naming what is wrong."""
+    return from_dict(strictjson.loads(body, max_bytes), max_clock_skew_s)
+
+
+def outcome_id(cause_id: uuid.UUID | str, event_type: str) -> uuid.UUID:
+    """Deterministic id of an outcome event, so a replay emits the same id."""
+    return uuid.uuid5(uuid.UUID(str(cause_id)), event_type)
+
+
+def new_event(event_type: str, user_id: str, data: dict, source_service: str,
+              event_id: uuid.UUID | None = None) -> Envelope:
+    return Envelope(DEFAULT_SCHEMA_VERSION, event_type, event_id or uuid.uuid4(), user_id,
+                    datetime.now(timezone.utc), source_service, data)

@@ -1,0 +1,60 @@
+"""What can go wrong with a message, and what the runtime does about it."""
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: the message goes to the dead-letter queue at once."""
+
+    reason = "permanent"
+
+    def __init__(self, detail: str, reason: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if reason:
+            self.reason = reason
+
+
+class InvalidEvent(PermanentError):
+    """Bad JSON, a broken envelope or data that violates the event's schema."""
+
+    reason = "invalid"
+
+    def __init__(self, detail: str, field: str | None = None, reason: str | None = None):
+        super().__init__(detail, reason)
+        self.field = field
+
+
+class UnsupportedVersion(InvalidEvent):
+    """The envelope's schema_version has a major this code does not know."""
+
+    reason = "unsupported_version"
+
+
+class UnknownEventType(InvalidEvent):
+    """No schema, or no handler in this worker, for the event type."""
+
+    reason = "unknown_event_type"
+
+
+class Forbidden(PermanentError):
+    """The user may not do this (someone else's resource)."""
+
+    reason = "forbidden"
+
+
+class NotFound(PermanentError):
+    """The event refers to something that does not exist."""
+
+    reason = "not_found"
+
+
+class IdempotencyConflict(PermanentError):
+    """The same client_generated_id came with another user or another payload."""
+
+    reason = "idempotency_conflict"
+
+
+class TransientError(Exception):
+    """Might work later (a dependency timed out, a lock was busy): retry with growing delay."""
+
+    reason = "transient"

@@ -1,0 +1,69 @@
+"""What a domain worker hands the runtime: its handler table, and the context a handler gets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from psycopg2.extras import execute_values
+
+from shared import contracts
+from shared.envelope import Envelope, new_event, outcome_id
+
+Handler = Callable[["Context", Envelope], None]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One domain worker: its queue name, its database and its event type → handler table."""
+
+    name: str
+    database: str
+    handlers: Mapping[str, Handler]
+    description: str = ""
+
+
+@dataclass
+class Context:
+    """A handler's view of the transaction it runs in.
+
+    `write()` defers a statement so a batch's writes travel in one round trip; `cur` gives an
+    immediate cursor for handlers that must read before they write (it first flushes deferred
+    writes, so reads see them). `emit()` adds an outbox row in the same transaction.
+    """
+
+    conn: object
+    worker: str
+    _writes: list[bytes] = field(default_factory=list)
+    _unsent_outbox: list[Envelope] = field(default_factory=list)
+    outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
+
+    @property
+    def cur(self):
+        self.flush()
+        return self.conn.cursor()
+
+    def write(self, statement: str, params=None) -> None:
+        with self.conn.cursor() as cur:
+            self._writes.append(cur.mogrify(statement, params))
+
+    def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:
+        """Queue an outcome event; its id derives from the cause so a replay emits the same id."""
+        event = new_event(event_type, user_id or cause.user_id, data, self.worker,
+                          outcome_id(cause.client_generated_id, event_type))
+        contracts.validate(event.to_dict())  # our own bug, caught before it reaches anyone
+        self._unsent_outbox.append(event)
+        return event
+
+    def flush(self) -> None:
+        """Send deferred writes and pending outbox rows in as few round trips as possible."""
+        if self._writes:
+            statements, self._writes = self._writes, []
+            with self.conn.cursor() as cur:
+                cur.execute(b";".join(statements))
+        if self._unsent_outbox:
+            events, self._unsent_outbox = self._unsent_outbox, []
+            with self.conn.cursor() as cur:
+                execute_values(cur, "INSERT INTO outbox (id, event_type, body) VALUES %s "
+                               "ON CONFLICT (id) DO NOTHING",
+                               [(e.id, e.event_type, e.to_json()) for e in events], page_size=1000)
+            self.outbox.extend(events)

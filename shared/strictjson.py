@@ -1,0 +1,70 @@
+"""Strict JSON parsing for anything that comes over the wire (DESIGN §6)."""
+from __future__ import annotations
+
+import json
+import re
+
+from shared.errors import InvalidEvent
+
+MAX_DEPTH = 32
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (not valid UTF-8)
+
+
+def _no_duplicates(pairs):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidEvent(f"duplicate key {key!r}", field=key)
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name):
+    raise InvalidEvent(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise InvalidEvent(f"number {text[:32]} is out of range")
+    return value
+
+
+def _check(value, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidEvent(f"JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if _BAD_CHARS.search(value):
+            raise InvalidEvent("string contains NUL or invalid UTF-16 surrogate")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _BAD_CHARS.search(key):
+                raise InvalidEvent("key contains NUL or invalid UTF-16 surrogate")
+            _check(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+
+
+def loads(body: bytes | str, max_bytes: int | None = None):
+    """Parse JSON, refusing NaN/Infinity, duplicate keys, deep nesting, NUL and bad UTF-8."""
+    if max_bytes is not None and len(body) > max_bytes:
+        raise InvalidEvent(f"body larger than {max_bytes} bytes", reason="too_large")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        value = json.loads(body, object_pairs_hook=_no_duplicates,
+                           parse_constant=_no_constant, parse_float=_finite_float)
+    except InvalidEvent:
+        raise
+    except RecursionError:
+        raise InvalidEvent(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+    _check(value, 0)
+    return value

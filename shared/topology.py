@@ -1,0 +1,107 @@
+"""Exchanges, queues and bindings, declared idempotently (DESIGN §4).
+
+Per worker W:
+  W             quorum queue bound to app.events with W's routing keys; delivery limit;
+                dead-letters at-least-once to app.dead (routing key W)
+  W.retry.<n>s  quorum queue with a fixed TTL that dead-letters back to W: one queue per delay
+                because RabbitMQ only expires messages at the head of a queue
+  W.dead        where poison messages rest, with reason and attempts in their headers
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pika
+
+DEAD_EXCHANGE = "app.dead"
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    worker: str
+
+    @property
+    def main(self) -> str:
+        return self.worker
+
+    @property
+    def dead(self) -> str:
+        return f"{self.worker}.dead"
+
+    @property
+    def query(self) -> str:
+        return f"{self.worker}.query"
+
+    def retry(self, delay_s: int) -> str:
+        return f"{self.worker}.retry.{delay_s}s"
+
+
+def main_queue_arguments(names: QueueNames, delivery_limit: int) -> dict:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-routing-key": names.worker,
+        # at-least-once dead-lettering needs reject-publish overflow
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def declare_exchanges(channel, exchange: str) -> None:
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    channel.exchange_declare(DEAD_EXCHANGE, exchange_type="direct", durable=True)
+
+
+def declare_worker(channel, worker: str, routing_keys, exchange: str,
+                   delivery_limit: int, retry_delays_s) -> QueueNames:
+    """Declare W, its retry queues and W.dead, and bind W to its event types."""
+    names = QueueNames(worker)
+    declare_exchanges(channel, exchange)
+    channel.queue_declare(names.dead, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(names.dead, DEAD_EXCHANGE, routing_key=names.worker)
+    channel.queue_declare(names.main, durable=True,
+                          arguments=main_queue_arguments(names, delivery_limit))
+    for key in sorted(routing_keys):
+        channel.queue_bind(names.main, exchange, routing_key=key)
+    for delay in retry_delays_s:
+        channel.queue_declare(names.retry(delay), durable=True, arguments={
+            "x-queue-type": "quorum",
+            "x-message-ttl": delay * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": names.main,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        })
+    return names
+
+
+def declare_query_queue(channel, worker: str, ttl_ms: int = 10_000) -> str:
+    """Non-durable query queue: nobody waits for an answer after the TTL, so drop it then."""
+    names = QueueNames(worker)
+    channel.queue_declare(names.query, durable=False, auto_delete=False,
+                          arguments={"x-message-ttl": ttl_ms})
+    return names.query
+
+
+class TopologyMismatch(RuntimeError):
+    """A queue exists with arguments that break our delivery guarantees."""
+
+
+def check_main_queue(url_params: pika.ConnectionParameters, names: QueueNames,
+                     delivery_limit: int) -> None:
+    """A passive re-declare with our arguments fails if the live queue differs (PRECONDITION_FAILED)."""
+    connection = pika.BlockingConnection(url_params)
+    try:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(names.main, durable=True,
+                                  arguments=main_queue_arguments(names, delivery_limit))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise TopologyMismatch(
+                f"queue {names.main!r} exists with other arguments than ours "
+                f"(quorum, delivery limit {delivery_limit}, dead-letter to {DEAD_EXCHANGE}): "
+                f"{exc.reply_text}") from None
+    finally:
+        if connection.is_open:
+            connection.close()

@@ -1,0 +1,84 @@
+"""Fixtures on the real services: a throwaway RabbitMQ vhost and PostgreSQL database per test."""
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import psycopg2
+import pytest
+
+from shared import migrate
+from tests.support import rabbit
+
+PG = "postgresql://postgres@127.0.0.1:5432/"
+
+
+@pytest.fixture
+def vhost():
+    """URL of a fresh vhost; everything declared in it disappears with it."""
+    name, url = rabbit.create_vhost()
+    yield url
+    rabbit.delete_vhost(name)
+
+
+@pytest.fixture
+def rmq(vhost):
+    client = rabbit.Rabbit(vhost)
+    yield client
+    client.close()
+
+
+def _drop_database(name: str) -> None:
+    admin = psycopg2.connect(PG + "postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def make_database():
+    """make_database("settings") → URL of a new, migrated database for that domain."""
+    created = []
+
+    def make(domain: str, migrated: bool = True) -> str:
+        name = f"{domain}_test_{uuid.uuid4().hex[:10]}"
+        url = PG + name
+        migrate.ensure_database(url)
+        created.append(name)
+        if migrated:
+            migrate.apply(domain, url)
+        return url
+
+    yield make
+    for name in created:
+        _drop_database(name)
+
+
+@pytest.fixture
+def settings_db(make_database):
+    return make_database("settings")
+
+
+@pytest.fixture(scope="session")
+def jwt_secret():
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+def base_env(vhost, jwt_secret):
+    """Environment for a worker or ingress process talking to this test's vhost."""
+    return {"RABBITMQ_URL": vhost, "JWT_SECRET": jwt_secret, "JWT_ALGORITHM": "HS256",
+            "LOG_LEVEL": "INFO", "RETRY_DELAYS_S": "1,2", "MAX_ATTEMPTS": "3",
+            "OUTBOX_RELAY_INTERVAL_S": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def query(url: str, sql: str, params=()):
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.commit()
+        conn.close()

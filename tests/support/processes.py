@@ -1,0 +1,65 @@
+"""Running the real `workers` CLI and gunicorn as subprocesses, with their JSON logs captured."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict):
+        self.args = args
+        self.log_path = Path(tempfile.mkstemp(prefix="spotter-", suffix=".log")[1])
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=REPO,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> list[dict]:
+        lines = []
+        for raw in self.log_path.read_bytes().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                lines.append({"raw": raw.decode(errors="replace")})
+        return lines
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def workers_cli(*args: str, env: dict) -> Process:
+    return Process([sys.executable, "-m", "workers", *args], env)
+
+
+def run_cli(*args: str, env: dict, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "workers", *args], env={**os.environ, **env}, cwd=REPO,
+                            capture_output=True, text=True, input=input, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"workers {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,14 @@
+"""Spotter's domain workers: name → module holding its WORKER spec (handler table)."""
+from __future__ import annotations
+
+import importlib
+
+from shared.handler import WorkerSpec
+
+WORKERS = {
+    "settings": "workers.settings",
+}
+
+
+def load(name: str) -> WorkerSpec:
+    return importlib.import_module(WORKERS[name]).WORKER
