@@ -75,6 +75,8 @@ class Config:
     delivery_limit: int = 20
     heartbeat_s: int = 30
     outbox_relay_interval_s: float = 5.0
+    outbox_relay_min_age_s: float = 5.0  # younger rows are still being published by their writer
+    drain_timeout_s: float = 25.0        # keep below the pod's termination grace period
     # ingress
     max_body_bytes: int = 256 * 1024
     max_batch_events: int = 100
@@ -96,6 +98,8 @@ class Config:
             delivery_limit=_int("DELIVERY_LIMIT", cls.delivery_limit),
             heartbeat_s=_int("HEARTBEAT_S", cls.heartbeat_s),
             outbox_relay_interval_s=_float("OUTBOX_RELAY_INTERVAL_S", cls.outbox_relay_interval_s),
+            outbox_relay_min_age_s=_float("OUTBOX_RELAY_MIN_AGE_S", cls.outbox_relay_min_age_s),
+            drain_timeout_s=_float("DRAIN_TIMEOUT_S", cls.drain_timeout_s),
             max_body_bytes=_int("MAX_BODY_BYTES", cls.max_body_bytes),
             max_batch_events=_int("MAX_BATCH_EVENTS", cls.max_batch_events),
             publish_timeout_s=_float("PUBLISH_TIMEOUT_S", cls.publish_timeout_s),

@@ -30,15 +30,12 @@ _OUTCOME_MSG = {PROCESSED: "event processed", DUPLICATE: "duplicate skipped",
 
 
 class Consumer:
-    def __init__(self, spec: WorkerSpec, config: Config, db_url: str,
-                 drain_timeout_s: float = 25.0, relay_min_age_s: float = 5.0):
+    def __init__(self, spec: WorkerSpec, config: Config, db_url: str):
         self.spec, self.config = spec, config
         self.names = topology.QueueNames(spec.name)
         self.processor = BatchProcessor(spec, db_url, config.max_clock_skew_s)
         self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-publisher", config.heartbeat_s)
         self.max_batch = max(1, config.prefetch // 2)  # the rest of the prefetch streams in meanwhile
-        self.drain_timeout_s = drain_timeout_s
-        self.relay_min_age_s = relay_min_age_s
         self.stopping = threading.Event()
         self._pending: list[Delivery] = []
         self._idle = threading.Event()
@@ -71,7 +68,7 @@ class Consumer:
                             attempt=backoff.attempts)
                 self.stopping.wait(delay)
         self._inbox.put(None)
-        worker_thread.join(timeout=self.drain_timeout_s)
+        worker_thread.join(timeout=self.config.drain_timeout_s)
         self.processor.close()
         self.publisher.close()
         log.info("worker stopped", worker=self.spec.name)
@@ -99,7 +96,7 @@ class Consumer:
                 self.last_loop_at = time.monotonic()
                 self._dispatch()
             channel.basic_cancel(tag)  # no new deliveries; finish what we hold
-            deadline = time.monotonic() + self.drain_timeout_s
+            deadline = time.monotonic() + self.config.drain_timeout_s
             while (self._pending or not self._idle.is_set()) and time.monotonic() < deadline:
                 connection.process_data_events(time_limit=0.1)
                 self._dispatch()
@@ -233,7 +230,7 @@ class Consumer:
     def _relay(self) -> None:
         try:
             sent = outbox.relay(self.processor.connection(), self.publisher, self.config.exchange,
-                                self.spec.name, self.relay_min_age_s)
+                                self.spec.name, self.config.outbox_relay_min_age_s)
             if sent:
                 log.info("outbox relayed", worker=self.spec.name, events=sent)
         except DatabaseUnavailable:

@@ -24,6 +24,7 @@ def vhost():
 @pytest.fixture
 def rmq(vhost):
     client = rabbit.Rabbit(vhost)
+    client.channel.exchange_declare("app.events", exchange_type="topic", durable=True)
     yield client
     client.close()
 

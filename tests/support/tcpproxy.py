@@ -12,32 +12,23 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.accepted = 0
-        self._listener = None
+        self.blocked = False
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
-        self.port = self._free_port()
-        self.restore()
-
-    @staticmethod
-    def _free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+        # The listener stays bound while cut (new connections are closed at once): a closed port
+        # could be taken by a client's own ephemeral port connecting to itself.
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept_loop, args=(self._listener,), daemon=True).start()
 
     def restore(self) -> None:
-        if self._listener is not None:
-            return
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self._listener = listener
-        threading.Thread(target=self._accept_loop, args=(listener,), daemon=True).start()
+        self.blocked = False
 
     def cut(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        self.blocked = True
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:
@@ -47,7 +38,9 @@ class TcpProxy:
                 pass
             c.close()
 
-    close = cut
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
 
     def _accept_loop(self, listener) -> None:
         while True:
@@ -55,9 +48,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            if self._listener is not listener:
+            if self.blocked:
                 client.close()
-                return
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -86,7 +79,3 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    @property
-    def url_port(self) -> int:
-        return self.port
