@@ -205,7 +205,7 @@ class Consumer:
             delays = self.config.retry_delays_s
             delay = delays[min(attempt - 1, len(delays) - 1)]
             verdict.retry_in_s = delay
-            return Message("", self.names.retry(delay), d.body, _with_headers(props, headers), mandatory=True)
+            return Message("", self.names.retry(delay), d.body, _with_headers(verdict, headers), mandatory=True)
         headers.update({"x-dead-reason": reason, "x-dead-detail": str(exc)[:500],
                         "x-dead-exception": type(exc).__name__, "x-dead-worker": self.spec.name,
                         "x-dead-at": datetime.now(timezone.utc).isoformat(),
@@ -214,7 +214,7 @@ class Consumer:
         if field:
             headers["x-dead-field"] = field
         verdict.reason = reason
-        return Message(topology.DEAD_EXCHANGE, self.spec.name, d.body, _with_headers(props, headers), mandatory=True)
+        return Message(topology.DEAD_EXCHANGE, self.spec.name, d.body, _with_headers(verdict, headers), mandatory=True)
 
     def _request_settle(self, batch: list[Delivery], unforwarded: set[int]) -> None:
         if unforwarded:  # ack the rest one by one; requeue what we could not forward
@@ -255,7 +255,10 @@ class Consumer:
                           error=f"{type(v.error).__name__}: {v.error}"[:300], **fields)
 
 
-def _with_headers(props: pika.BasicProperties, headers: dict) -> pika.BasicProperties:
+def _with_headers(verdict: Verdict, headers: dict) -> pika.BasicProperties:
+    """The original's properties with our headers; ids filled from the envelope when a raw publish lacked them."""
+    props, event = verdict.delivery.properties, verdict.event
     return pika.BasicProperties(
         content_type=props.content_type or "application/json", delivery_mode=broker.PERSISTENT,
-        message_id=props.message_id, type=props.type, timestamp=props.timestamp, headers=headers)
+        message_id=props.message_id or (event.id if event else None),
+        type=props.type or (event.event_type if event else None), timestamp=props.timestamp, headers=headers)
