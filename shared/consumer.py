@@ -21,7 +21,7 @@ from shared import broker, outbox, topology
 from shared.backoff import Backoff
 from shared.config import Config
 from shared.handler import WorkerSpec
-from shared.logging import log
+from shared.logging import log, write_lines
 from shared.processor import DEAD, DUPLICATE, PROCESSED, RETRY, BatchProcessor, DatabaseUnavailable, Delivery, Verdict
 from shared.publisher import BatchPublisher, Message
 
@@ -239,20 +239,21 @@ class Consumer:
             log.warning("outbox relay failed", worker=self.spec.name, error=f"{type(exc).__name__}: {exc}")
 
     def _log(self, verdicts: list[Verdict], duration_ms: float) -> None:
+        lines = []
         for v in verdicts:
             e = v.event
-            fields = {"worker": self.spec.name, "duration_ms": duration_ms,
-                      "event_type": e.event_type if e else v.delivery.properties.type,
+            fields = {"worker": self.spec.name, "event_type": e.event_type if e else v.delivery.properties.type,
                       "client_generated_id": e.id if e else v.delivery.properties.message_id,
-                      "user_id": e.user_id if e else None}
+                      "user_id": e.user_id if e else None, "duration_ms": duration_ms}
             if v.outcome in (PROCESSED, DUPLICATE):
-                log.info(_OUTCOME_MSG[v.outcome], **fields)
-            elif v.outcome == RETRY:
-                log.warning(_OUTCOME_MSG[v.outcome], attempt=v.delivery.attempt, retry_in_s=v.retry_in_s,
-                            error=f"{type(v.error).__name__}: {v.error}"[:300], **fields)
+                lines.append(("info", _OUTCOME_MSG[v.outcome], fields))
+                continue
+            fields.update(attempt=v.delivery.attempt, error=f"{type(v.error).__name__}: {v.error}"[:300])
+            if v.outcome == RETRY:
+                lines.append(("warning", _OUTCOME_MSG[v.outcome], {**fields, "retry_in_s": v.retry_in_s}))
             else:
-                log.error(_OUTCOME_MSG[v.outcome], reason=v.reason, attempt=v.delivery.attempt,
-                          error=f"{type(v.error).__name__}: {v.error}"[:300], **fields)
+                lines.append(("error", _OUTCOME_MSG[v.outcome], {**fields, "reason": v.reason}))
+        write_lines(lines)
 
 
 def _with_headers(verdict: Verdict, headers: dict) -> pika.BasicProperties:

@@ -22,6 +22,24 @@ class WorkerSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A statement prepared once per connection: each use sends only `EXECUTE name(values)`,
+    which is cheaper to build here and to parse and plan in PostgreSQL."""
+
+    name: str
+    params: tuple[str, ...]  # PostgreSQL types of $1..$n
+    sql: str
+
+    @property
+    def prepare(self) -> str:
+        return f"PREPARE {self.name} ({', '.join(self.params)}) AS {self.sql}"
+
+    @property
+    def execute(self) -> str:
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.params))})"
+
+
 @dataclass
 class Context:
     """A handler's view of the transaction it runs in.
@@ -33,6 +51,7 @@ class Context:
 
     conn: object
     worker: str
+    prepared: set = field(default_factory=set)  # statement names prepared on this connection
     _writes: list[bytes] = field(default_factory=list)
     _unsent_outbox: list[Envelope] = field(default_factory=list)
     outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
@@ -42,8 +61,13 @@ class Context:
         self.flush()
         return self.conn.cursor()
 
-    def write(self, statement: str, params=None) -> None:
+    def write(self, statement: "str | Prepared", params=None) -> None:
         with self.conn.cursor() as cur:
+            if isinstance(statement, Prepared):
+                if statement.name not in self.prepared:
+                    cur.execute(statement.prepare)  # session-level: survives our transactions
+                    self.prepared.add(statement.name)
+                statement = statement.execute
             self._writes.append(cur.mogrify(statement, params))
 
     def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:

@@ -54,12 +54,14 @@ class BatchProcessor:
         self.db_url = db_url
         self.max_clock_skew_s = max_clock_skew_s
         self.conn = None
+        self.prepared: set[str] = set()
         self._fault = os.environ.get("SPOTTER_FAULT", "")  # test hook: "exit_after_commit"
 
     def connection(self):
         if self.conn is None or self.conn.closed:
             try:
                 self.conn = db.connect(self.db_url, application_name=f"worker-{self.spec.name}")
+                self.prepared = set()
             except Exception as exc:
                 raise DatabaseUnavailable(str(exc).strip()) from exc
         return self.conn
@@ -107,7 +109,7 @@ class BatchProcessor:
 
     def _transaction(self, items: list[tuple[Delivery, Envelope]]):
         conn = self.connection()
-        ctx = Context(conn, self.spec.name)
+        ctx = Context(conn, self.spec.name, self.prepared)
         try:
             claimed, verdicts = self._claim(conn, items)
             for d, event in claimed:
@@ -120,6 +122,11 @@ class BatchProcessor:
                     conn.rollback()
                 except Exception:
                     pass
+            self.prepared.clear()  # a PREPARE inside the rolled-back transaction is undone too
+            if not conn.closed:
+                with conn.cursor() as cur:
+                    cur.execute("DEALLOCATE ALL")
+                conn.commit()
             if db.is_unreachable(exc, conn):
                 self.close()
                 raise DatabaseUnavailable(str(exc).strip()) from exc

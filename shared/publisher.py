@@ -52,8 +52,10 @@ class BatchPublisher:
         channel = self._open()
         self._returned.clear()
         try:
+            # BlockingChannel.basic_publish flushes the socket after every message; queue the frames
+            # on the underlying channel instead and let tx_commit flush them all at once.
             for m in messages:
-                channel.basic_publish(m.exchange, m.routing_key, m.body, m.properties, mandatory=m.mandatory)
+                channel._impl.basic_publish(m.exchange, m.routing_key, m.body, m.properties, m.mandatory)
             channel.tx_commit()
             self._connection.process_data_events(0)  # dispatch returns received before commit-ok
         except broker.CONNECTION_ERRORS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import orjson
+
 from shared.errors import InvalidEvent
 
 MAX_DEPTH = 32
@@ -52,6 +54,17 @@ def loads(body: bytes | str, max_bytes: int | None = None):
     """Parse JSON, refusing NaN/Infinity, duplicate keys, deep nesting, NUL and bad UTF-8."""
     if max_bytes is not None and len(body) > max_bytes:
         raise InvalidEvent(f"body larger than {max_bytes} bytes", reason="too_large")
+    # Fast path: orjson refuses NaN, bad UTF-8 and lone surrogates; if re-serializing gives the
+    # very same bytes, the body is compact canonical JSON and so cannot hold a duplicate key.
+    if isinstance(body, bytes):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
+        else:
+            if orjson.dumps(value) == body:
+                _check(value, 0)
+                return value
     if isinstance(body, (bytes, bytearray, memoryview)):
         try:
             body = bytes(body).decode("utf-8")

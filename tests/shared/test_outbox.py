@@ -1,0 +1,44 @@
+"""The outbox survives a crash between commit and publish."""
+from __future__ import annotations
+
+import sys
+import time
+
+from shared.envelope import outcome_id
+from tests.conftest import query
+from tests.support.events import dumps, event
+from tests.support.processes import Process
+from tests.support.rabbit import wait_for
+
+
+def start_probe(env, db, **extra):
+    return Process([sys.executable, "-m", "tests.support.probe_worker"],
+                   {**env, "DATABASE_URL": db, **extra})
+
+
+def test_crash_between_commit_and_outbox_publish_still_publishes_once(base_env, settings_db, rmq):
+    query(settings_db, "CREATE TABLE probe (event_id uuid PRIMARY KEY, age int NOT NULL)")
+    outcomes = rmq.tap("app.events", "probe.recorded")
+    crashing = start_probe(base_env, settings_db, SPOTTER_FAULT="exit_after_commit")
+    try:
+        wait_for(lambda: any(l.get("msg") == "consuming" for l in crashing.logs()))
+        e = event()
+        rmq.publish("app.events", "user.settings.submitted", dumps(e))
+        # the process dies right after its commit, before publishing the outcome
+        wait_for(lambda: not crashing.alive(), message="worker crashed after commit")
+    finally:
+        crashing.kill()
+    assert query(settings_db, "SELECT count(*) FROM probe")[0][0] == 1
+    assert query(settings_db, "SELECT count(*) FROM outbox")[0][0] == 1
+    assert rmq.depth(outcomes) == 0
+    # After a restart the relay publishes the stranded outcome; the redelivered event is a duplicate
+    restarted = start_probe(base_env, settings_db, OUTBOX_RELAY_MIN_AGE_S="0")
+    try:
+        wait_for(lambda: query(settings_db, "SELECT count(*) FROM outbox")[0][0] == 0, timeout=30)
+        wait_for(lambda: any(l.get("msg") == "duplicate skipped" for l in restarted.logs()))
+        time.sleep(1)
+    finally:
+        restarted.terminate()
+    ids = [p.message_id for p, _ in rmq.drain(outcomes)]
+    assert ids == [str(outcome_id(e["client_generated_id"], "probe.recorded"))]
+    assert query(settings_db, "SELECT count(*) FROM probe")[0][0] == 1
