@@ -1,0 +1,81 @@
+"""`workers dev`: the whole system in the foreground for local development; Ctrl-C stops all."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from workers import WORKERS, load
+
+
+def _ensure_dev_env(env_file: Path) -> None:
+    """First run: a .env with a random development signing key (never committed)."""
+    if os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY"):
+        return
+    secret = secrets.token_urlsafe(32)
+    with env_file.open("a") as f:
+        f.write(f"# written by `workers dev`: development only\nJWT_ALGORITHM=HS256\nJWT_SECRET={secret}\n")
+    os.environ.update(JWT_ALGORITHM="HS256", JWT_SECRET=secret)
+    click.echo(f"wrote a development JWT_SECRET to {env_file}", err=True)
+
+
+def _prepare() -> None:
+    from shared import broker, migrate, topology
+    from shared.config import Config, database_url
+
+    config = Config.from_env()
+    for name in sorted(WORKERS):
+        domain = load(name).database
+        url = database_url(domain, allow_plain=False)
+        if migrate.ensure_database(url):
+            click.echo(f"created database for {domain}", err=True)
+        migrate.apply(domain, url)
+    connection = broker.connect(config.rabbitmq_url, client_name="workers-dev")
+    channel = connection.channel()
+    for name in sorted(WORKERS):
+        topology.declare_worker(channel, name, load(name).handlers.keys(), config.exchange,
+                                config.delivery_limit, config.retry_delays_s)
+    connection.close()
+
+
+def run_dev_stack(port: int | None) -> None:
+    _ensure_dev_env(Path(".env"))
+    if port:
+        os.environ["PORT"] = str(port)
+    _prepare()
+    cli = [sys.executable, "-m", "workers"]
+    commands = {"ingress": cli + ["serve"], **{name: cli + ["run", name] for name in sorted(WORKERS)}}
+    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    click.echo(f"ingress on http://127.0.0.1:{os.environ.get('PORT', '8080')}; workers: "
+               f"{', '.join(sorted(WORKERS))}. Ctrl-C stops all.", err=True)
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping everything", err=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
