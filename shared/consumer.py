@@ -60,6 +60,15 @@ class Consumer:
         while not self.stopping.is_set():
             try:
                 self._consume(backoff)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 406:  # PRECONDITION_FAILED: our queue exists with other arguments
+                    raise
+                self.stop()
+                self._inbox.put(None)
+                raise topology.TopologyMismatch(
+                    f"queue {self.names.main!r} exists with arguments that break our guarantees "
+                    f"(want quorum, x-delivery-limit={self.config.delivery_limit}, dead-letter to "
+                    f"{topology.DEAD_EXCHANGE}, at-least-once): {exc.reply_text}") from None
             except broker.CONNECTION_ERRORS as exc:
                 self._pending.clear()  # unacked: the broker redelivers them to someone
                 delay = backoff.next()

@@ -37,10 +37,27 @@ def run(name: str) -> None:
     from shared.consumer import Consumer
     from shared.logging import setup_logging
 
+    from shared import migrate
+    from shared.logging import log
+    from shared.topology import TopologyMismatch
+
     config = _config()
     setup_logging(name, config.log_level)
     spec = load(name)
-    Consumer(spec, config, database_url(spec.database)).run()
+    url = database_url(spec.database)
+    try:
+        missing = migrate.pending(spec.database, url)
+    except Exception as exc:  # unreachable now: the runtime holds work and reconnects later
+        log.warning("could not check migrations", worker=name, error=str(exc).strip()[:200])
+        missing = []
+    if missing:
+        log.error("database lacks migrations; run `workers migrate`", worker=name, pending=missing)
+        sys.exit(2)
+    try:
+        Consumer(spec, config, url).run()
+    except TopologyMismatch as exc:
+        log.error("refusing to start", worker=name, error=str(exc))
+        sys.exit(2)
 
 
 @main.command()

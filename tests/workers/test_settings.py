@@ -150,3 +150,20 @@ def test_sigterm_during_burst_commits_every_event_exactly_once(start_worker, set
     wait_for(lambda: rows(settings_db) == 3000, timeout=60)
     assert query(settings_db, "SELECT count(*) FROM idempotency_keys")[0][0] == 3000
     assert rmq.depth("settings") == 0 and rmq.depth("settings.dead") == 0
+
+
+def test_worker_refuses_a_queue_declared_without_our_guarantees(start_worker, settings_db, rmq):
+    # Someone declared the queue by hand: classic, no dead-letter target, no delivery limit
+    rmq.channel.queue_declare("settings", durable=True)
+    worker = start_worker("settings", SETTINGS_DATABASE_URL=settings_db)
+    wait_for(lambda: not worker.alive(), message="worker exits")
+    assert worker.proc.returncode == 2
+    assert any(l.get("msg") == "refusing to start" and "x-delivery-limit" in l.get("error", "")
+               for l in worker.logs())
+
+
+def test_worker_refuses_a_database_without_migrations(start_worker, make_database):
+    worker = start_worker("settings", SETTINGS_DATABASE_URL=make_database("settings", migrated=False))
+    wait_for(lambda: not worker.alive(), message="worker exits")
+    assert worker.proc.returncode == 2
+    assert any("lacks migrations" in l.get("msg", "") for l in worker.logs())
