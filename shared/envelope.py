@@ -18,7 +18,7 @@ DEFAULT_SCHEMA_VERSION = "1.0.0"
 class Envelope:
     schema_version: str
     event_type: str
-    client_generated_id: uuid.UUID
+    client_generated_id: str  # canonical lowercase UUID text
     user_id: str
     timestamp: datetime
     source_service: str
@@ -26,7 +26,7 @@ class Envelope:
 
     @property
     def id(self) -> str:
-        return str(self.client_generated_id)
+        return self.client_generated_id
 
     @property
     def version_key(self) -> str:
@@ -64,7 +64,7 @@ def from_dict(event, max_clock_skew_s: int = 300, now: datetime | None = None) -
     return Envelope(
         schema_version=event["schema_version"],
         event_type=event["event_type"],
-        client_generated_id=uuid.UUID(event["client_generated_id"]),
+        client_generated_id=str(uuid.UUID(event["client_generated_id"])),
         user_id=str(uuid.UUID(event["user_id"])),
         timestamp=ts,
         source_service=event["source_service"],
@@ -84,5 +84,5 @@ def outcome_id(cause_id: uuid.UUID | str, event_type: str) -> uuid.UUID:
 
 def new_event(event_type: str, user_id: str, data: dict, source_service: str,
               event_id: uuid.UUID | None = None) -> Envelope:
-    return Envelope(DEFAULT_SCHEMA_VERSION, event_type, event_id or uuid.uuid4(), user_id,
+    return Envelope(DEFAULT_SCHEMA_VERSION, event_type, str(event_id or uuid.uuid4()), user_id,
                     datetime.now(timezone.utc), source_service, data)

@@ -40,6 +40,16 @@ class Prepared:
         return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.params))})"
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A multi-row statement (`… VALUES %s …`): the rows a batch adds are sent as one statement
+    at flush. Only for statements whose rows commute, such as newest-wins upserts that also
+    resolve duplicates within the batch (DISTINCT ON … ORDER BY version DESC)."""
+
+    sql: str
+    template: str | None = None
+
+
 @dataclass
 class Context:
     """A handler's view of the transaction it runs in.
@@ -53,6 +63,7 @@ class Context:
     worker: str
     prepared: set = field(default_factory=set)  # statement names prepared on this connection
     _writes: list[bytes] = field(default_factory=list)
+    _rows: dict = field(default_factory=dict)  # Rows → list of row tuples
     _unsent_outbox: list[Envelope] = field(default_factory=list)
     outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
 
@@ -70,6 +81,9 @@ class Context:
                 statement = statement.execute
             self._writes.append(cur.mogrify(statement, params))
 
+    def write_row(self, statement: Rows, row: tuple) -> None:
+        self._rows.setdefault(statement, []).append(row)
+
     def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:
         """Queue an outcome event; its id derives from the cause so a replay emits the same id."""
         event = new_event(event_type, user_id or cause.user_id, data, self.worker,
@@ -84,6 +98,11 @@ class Context:
             statements, self._writes = self._writes, []
             with self.conn.cursor() as cur:
                 cur.execute(b";".join(statements))
+        if self._rows:
+            groups, self._rows = self._rows, {}
+            with self.conn.cursor() as cur:
+                for statement, rows in groups.items():
+                    execute_values(cur, statement.sql, rows, template=statement.template, page_size=len(rows))
         if self._unsent_outbox:
             events, self._unsent_outbox = self._unsent_outbox, []
             with self.conn.cursor() as cur:

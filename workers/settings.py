@@ -4,21 +4,23 @@ from __future__ import annotations
 import orjson
 
 from shared.envelope import Envelope
-from shared.handler import Context, Prepared, WorkerSpec
+from shared.handler import Context, Prepared, Rows, WorkerSpec
 
 # The row keeps the version ("<timestamp>/<id>") of the event it holds; an older one never lands.
-UPSERT_USER_SETTINGS = Prepared("upsert_user_settings", (
-    "uuid", "numeric", "text", "smallint", "smallint", "jsonb", "uuid", "timestamptz", "text"), """
+# A batch may hold several events of one user: DISTINCT ON keeps its newest.
+UPSERT_USER_SETTINGS = Rows("""
 INSERT INTO user_settings (user_id, weight_value, weight_unit, age, training_days_per_week,
                            data, event_id, event_timestamp, version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+SELECT DISTINCT ON (user_id) * FROM (VALUES %s) AS v (user_id, weight_value, weight_unit, age,
+    training_days_per_week, data, event_id, event_timestamp, version)
+ORDER BY user_id, version COLLATE "C" DESC
 ON CONFLICT (user_id) DO UPDATE SET
     weight_value = EXCLUDED.weight_value, weight_unit = EXCLUDED.weight_unit, age = EXCLUDED.age,
     training_days_per_week = EXCLUDED.training_days_per_week, data = EXCLUDED.data,
     event_id = EXCLUDED.event_id, event_timestamp = EXCLUDED.event_timestamp,
     version = EXCLUDED.version, updated_at = now()
 WHERE user_settings.version < EXCLUDED.version
-""")
+""", template="(%s::uuid, %s::numeric, %s, %s::smallint, %s::smallint, %s::jsonb, %s::uuid, %s::timestamptz, %s)")
 
 # A patch: each key keeps the version of the event that last set it (see migrations/settings).
 MERGE_APP_SETTINGS = Prepared("merge_app_settings", ("uuid", "jsonb", "text"), """
@@ -33,7 +35,7 @@ ON CONFLICT (user_id) DO UPDATE SET
 
 def submit_user_settings(ctx: Context, event: Envelope) -> None:
     data = event.data
-    ctx.write(UPSERT_USER_SETTINGS, (
+    ctx.write_row(UPSERT_USER_SETTINGS, (
         event.user_id, data["weight"]["value"], data["weight"]["unit"], data["age"],
         data["training_days_per_week"], orjson.dumps(data).decode(), event.id, event.timestamp,
         event.version_key))
