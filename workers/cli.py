@@ -176,9 +176,8 @@ def _select(letters, message_id, reason, event_type, everything):
     if not (message_id or reason or event_type or everything):
         raise click.UsageError("choose what: --id, --reason, --event-type or --all")
     return [d for d in letters
-            if (everything or not message_id or d.properties.message_id == message_id)
-            and (not reason or d.reason == reason) and (not event_type or d.event_type == event_type)
-            and (everything or message_id or reason or event_type)]
+            if (not message_id or d.properties.message_id == message_id)
+            and (not reason or d.reason == reason) and (not event_type or d.event_type == event_type)]
 
 
 @dlq.command("list")
