@@ -1,0 +1,1 @@
+"""The HTTP ingress: validates client events and publishes them to RabbitMQ with confirms."""

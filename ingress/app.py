@@ -1,0 +1,227 @@
+"""The ingress (DESIGN §1): a plain WSGI app; events are answered 202 only once the broker confirmed them.
+
+Run it under gunicorn: see ingress/gunicorn_conf.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from http import HTTPStatus
+
+import orjson
+
+from ingress import batch, documents
+from ingress.auth import Unauthorized, Verifier
+from ingress.batch import Rejected
+from ingress.publisher import UNROUTABLE, PublishError, Publisher
+from shared import broker, contracts
+from shared.config import Config
+from shared.errors import InvalidEvent
+from shared.logging import log, setup_logging, write_lines
+
+RETRY_AFTER_S = 2
+SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_JSON = ("Content-Type", "application/json")
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+
+
+class App:
+    """Routes, checks and publishing; one per process, with that process's publisher."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.verifier = Verifier(config.jwt)  # fails at start, not per request, when no key is set
+        self._publisher: Publisher | None = None
+        self._lock = threading.Lock()
+        self._schemas = {t: orjson.dumps(contracts.event_schema(t)) for t in contracts.data_schemas()}
+        for event_type in batch.CLIENT_EVENT_TYPES:
+            _compile_validator(event_type)
+        self._documents = {
+            f"{documents.PREFIX}/schemas": orjson.dumps(documents.schema_index()),
+            f"{documents.PREFIX}/openapi.json": orjson.dumps(documents.openapi(config.max_batch_events)),
+            f"{documents.PREFIX}/asyncapi.json": orjson.dumps(documents.asyncapi(config.exchange)),
+        }
+        self._routes = {
+            documents.EVENTS_PATH: {"POST": self.post_events},
+            "/healthz": {"GET": self.healthz},
+            "/readyz": {"GET": self.readyz},
+            **{path: {"GET": self.document} for path in self._documents},
+        }
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def publisher(self) -> Publisher:
+        """This process's publisher, started on first use: a connection must not cross a fork."""
+        publisher = self._publisher
+        if publisher is None or publisher.pid != os.getpid():
+            with self._lock:
+                publisher = self._publisher
+                if publisher is None or publisher.pid != os.getpid():
+                    publisher = self._publisher = Publisher(
+                        self.config.rabbitmq_url, name=f"ingress-{os.getpid()}",
+                        heartbeat_s=self.config.heartbeat_s, declare_exchange=self.config.exchange).start()
+        return publisher
+
+    def warm(self, timeout: float = 3.0) -> bool:
+        """Connect before taking requests; not ready in time is fine (/readyz says so)."""
+        return self.publisher().wait_ready(timeout)
+
+    def close(self) -> None:
+        if self._publisher is not None and self._publisher.pid == os.getpid():
+            self._publisher.close()
+
+    # ---- WSGI ---------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        seen = {"user_id": None, "count": None}  # what the log line reports; filled by handlers
+        route, error = path[:200], None
+        try:
+            route, handler = self._route(method, path)
+            code, payload, headers = handler(environ, seen)
+        except Rejected as exc:
+            code, payload, headers, error = exc.status, exc.body(), exc.headers, exc.error
+        except Exception:
+            log.exception("request failed", route=route)
+            error = "internal_error"
+            code, payload, headers = 500, {"error": error, "detail": "internal error"}, ()
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))), *headers])
+        # the shared fast path: loguru's per-call machinery and handler lock cost request threads
+        write_lines([("info", "request", {"method": method, "route": route, "status": code, "error": error,
+                      "duration_ms": round((time.perf_counter() - started) * 1000, 2), **seen})])
+        return [body]
+
+    def _route(self, method: str, path: str):
+        if path.startswith(SCHEMA_PREFIX):
+            route, methods = f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
+        else:
+            route, methods = path, self._routes.get(path)
+            if methods is None:
+                raise Rejected(404, "not_found", f"no route {path[:100]}")
+        handler = methods.get(method)
+        if handler is None:
+            raise Rejected(405, "method_not_allowed", f"{method} is not allowed here",
+                           headers=(("Allow", ", ".join(methods)),))
+        return route, handler
+
+    # ---- handlers: (environ, seen) -> (status, payload, extra headers) ----------------
+    def healthz(self, environ, seen):
+        return 200, {"status": "ok"}, ()
+
+    def readyz(self, environ, seen):
+        if self.publisher().is_ready():
+            return 200, {"status": "ready"}, ()
+        return 503, {"status": "broker_unavailable"}, ()
+
+    def document(self, environ, seen):
+        return 200, self._documents[environ["PATH_INFO"]], ()
+
+    def event_schema(self, environ, seen):
+        event_type = environ["PATH_INFO"][len(SCHEMA_PREFIX):]
+        if event_type not in self._schemas:
+            raise Rejected(404, "not_found", f"unknown event type {event_type[:64]!r}")
+        return 200, self._schemas[event_type], ()
+
+    def post_events(self, environ, seen):
+        try:
+            subject = self.verifier.subject(environ.get("HTTP_AUTHORIZATION"))
+        except Unauthorized as exc:
+            raise Rejected(401, "unauthorized", str(exc),
+                           headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),)) from None
+        seen["user_id"] = subject
+        self._check_media_type(environ.get("CONTENT_TYPE", ""))
+        envelopes = batch.parse(self._read_body(environ), subject, self.config.max_batch_events,
+                                self.config.max_clock_skew_s)
+        seen["count"] = len(envelopes)
+        headers = _trace_headers(environ)
+        messages = [(self.config.exchange, e.event_type, e.to_json(), broker.event_properties(e, headers))
+                    for e in envelopes]
+        try:
+            results = self.publisher().confirm(messages, self.config.publish_timeout_s)
+        except PublishError as exc:
+            raise Rejected(503, "broker_unavailable", str(exc),
+                           headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
+        unroutable = sorted({e.event_type for e, r in zip(envelopes, results) if r == UNROUTABLE})
+        if unroutable:
+            delivered = sum(r != UNROUTABLE for r in results)
+            raise Rejected(422, "no_consumer", f"no queue takes {', '.join(unroutable)}"
+                           + (f"; the other {delivered} event(s) were delivered, re-sending them is safe"
+                              if delivered else ""))
+        return 202, {"accepted": [e.id for e in envelopes]}, ()
+
+    @staticmethod
+    def _check_media_type(content_type: str) -> None:
+        media, _, params = content_type.partition(";")
+        charset = params.strip().lower()
+        if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
+            raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
+
+    def _read_body(self, environ) -> bytes:
+        limit = self.config.max_body_bytes
+        too_large = Rejected(413, "body_too_large", f"the body exceeds {limit} bytes")
+        declared = environ.get("CONTENT_LENGTH")
+        if declared:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:
+                raise Rejected(400, "bad_request", "invalid Content-Length")
+            if length > limit:
+                raise too_large
+            return environ["wsgi.input"].read(length)
+        body = environ["wsgi.input"].read(limit + 1)  # chunked: bound the read all the same
+        if len(body) > limit:
+            raise too_large
+        return body
+
+
+def _compile_validator(event_type: str) -> None:
+    """Compile the type's schema now: on the first request it would cost ~30 ms."""
+    try:
+        contracts.validate({"event_type": event_type})
+    except InvalidEvent:
+        pass
+
+
+def _trace_headers(environ) -> dict | None:
+    """W3C trace context travels on to the workers as an AMQP header."""
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    return {"traceparent": traceparent} if traceparent and _TRACEPARENT.match(traceparent) else None
+
+
+def create_app(config: Config | None = None) -> App:
+    config = config or Config.from_env()
+    setup_logging("ingress", config.log_level)
+    return App(config)
+
+
+class _LazyApp:
+    """The WSGI callable gunicorn loads: builds this process's App on first use, never in the master."""
+
+    def __init__(self):
+        self._app: App | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> App:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = create_app()
+        return self._app
+
+    def __call__(self, environ, start_response):
+        return (self._app or self.get())(environ, start_response)
+
+    def warm(self) -> None:
+        self.get().warm()
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+application = _LazyApp()

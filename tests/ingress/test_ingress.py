@@ -1,0 +1,434 @@
+"""The ingress under gunicorn on the real broker: what a client sees, and what lands in the queue.
+
+One gunicorn (2 workers) per module, reaching RabbitMQ through a TcpProxy so a test can cut
+the broker away; one throwaway vhost with a queue bound to both client event types.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import jwt
+import orjson
+import pika
+import pytest
+
+from shared import contracts
+from tests.support import rabbit
+from tests.support.events import SEED_DATA, rfc3339
+from tests.support.processes import Process
+from tests.support.rabbit import wait_for
+from tests.support.tcpproxy import TcpProxy
+
+EVENTS = "/api/v1/notify/events"
+QUEUE = "ingress-watch"
+BOUND = ("user.settings.submitted", "app.settings.updated")
+MAX_BODY = 64 * 1024
+MAX_EVENTS = 20
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def broker_url():
+    name, url = rabbit.create_vhost()
+    yield url
+    rabbit.delete_vhost(name)
+
+
+@pytest.fixture(scope="module")
+def watcher(broker_url):
+    """A direct (unproxied) connection holding the durable queue bound to the client event types."""
+    client = rabbit.Rabbit(broker_url)
+    client.channel.exchange_declare("app.events", exchange_type="topic", durable=True)
+    client.channel.queue_declare(QUEUE, durable=True)
+    for key in BOUND:
+        client.channel.queue_bind(QUEUE, "app.events", routing_key=key)
+    yield client
+    client.close()
+
+
+class BrokerProxy(TcpProxy):
+    """A TcpProxy that can also speak for the broker: inject a frame toward every client."""
+
+    def send_to_clients(self, method) -> None:
+        frame = pika.frame.Method(0, method).marshal()
+        with self._lock:
+            clients = self._conns[0::2]  # TcpProxy keeps [client, upstream] pairs
+        for sock in clients:
+            sock.sendall(frame)
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    p = BrokerProxy("127.0.0.1", 5672)
+    yield p
+    p.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Ingress:
+    def __init__(self, proc: Process, port: int, secret: str):
+        self.proc, self.port, self.secret = proc, port, secret
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(raw) if raw else None
+        finally:
+            conn.close()
+
+    def post(self, payload, token: str | None = "default", content_type: str = "application/json",
+             sub: str | None = None):
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        headers = {"Content-Type": content_type}
+        if token == "default":
+            token = self.token(sub or _user_of(payload))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.request("POST", EVENTS, body, headers)
+
+    def token(self, sub: str, key: str | None = None, algorithm: str = "HS256", **claims) -> str:
+        claims = {"sub": sub, "exp": int(time.time()) + 300, **claims}
+        return jwt.encode(claims, self.secret if key is None else key, algorithm=algorithm)
+
+    def readiness(self, n: int = 6) -> set[int]:
+        """Statuses of n fresh connections' /readyz: each may land on either worker."""
+        return {self.request("GET", "/readyz")[0] for _ in range(n)}
+
+
+def _user_of(payload) -> str:
+    if isinstance(payload, list):
+        payload = payload[0]
+    return payload["user_id"] if isinstance(payload, dict) else str(uuid.uuid4())
+
+
+@pytest.fixture(scope="module")
+def ingress(broker_url, watcher, proxy, jwt_secret):
+    port = _free_port()
+    proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", "ingress.app:application"],
+                   env={"RABBITMQ_URL": rabbit.url_via(broker_url, proxy.port), "JWT_SECRET": jwt_secret,
+                        "JWT_ALGORITHM": "HS256", "PORT": str(port), "WEB_CONCURRENCY": "2",
+                        "GUNICORN_THREADS": "4", "MAX_BODY_BYTES": str(MAX_BODY),
+                        "MAX_BATCH_EVENTS": str(MAX_EVENTS), "PUBLISH_TIMEOUT_S": "3",
+                        "PYTHONUNBUFFERED": "1"})
+    app = Ingress(proc, port, jwt_secret)
+    try:
+        wait_for(lambda: _answers(app) and app.readiness() == {200}, timeout=30, message="ingress ready")
+    except AssertionError:
+        proc.terminate()
+        raise AssertionError(f"ingress did not become ready:\n{proc.text()[-3000:]}")
+    yield app
+    proc.terminate()
+
+
+def _answers(app: Ingress) -> bool:
+    try:
+        return app.request("GET", "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(request, watcher):
+    watcher.channel.queue_purge(QUEUE)
+
+
+def event(**overrides) -> dict:
+    """The seed payload with fresh ids and a current timestamp."""
+    body = {"schema_version": "1.0.0", "event_type": "user.settings.submitted",
+            "client_generated_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()),
+            "timestamp": rfc3339(datetime.now(timezone.utc)), "source_service": "frontend",
+            "data": SEED_DATA}
+    body.update(overrides)
+    return body
+
+
+def nothing_published(watcher) -> bool:
+    return watcher.depth(QUEUE) == 0
+
+
+# ---- accepted ------------------------------------------------------------------------------
+def test_seed_event_is_accepted_once_it_is_in_the_queue(ingress, watcher):
+    seed = event()
+    status, _, body = ingress.post(seed)
+    assert (status, body) == (202, {"accepted": [seed["client_generated_id"]]})
+    # 202 means confirmed: the message is already there, no waiting
+    [(props, raw)] = watcher.drain(QUEUE)
+    assert props.message_id == seed["client_generated_id"]
+    assert props.type == "user.settings.submitted"
+    assert props.delivery_mode == 2
+    assert props.content_type == "application/json"
+    assert props.headers["schema_version"] == "1.0.0"
+    assert orjson.loads(raw) == seed
+
+
+def test_a_batch_of_three_lands_as_three_messages(ingress, watcher):
+    user = str(uuid.uuid4())
+    events = [event(user_id=user), event(user_id=user, event_type="app.settings.updated", data={"theme": "dark"}),
+              event(user_id=user)]
+    status, _, body = ingress.post(events)
+    assert status == 202
+    assert body["accepted"] == [e["client_generated_id"] for e in events]
+    messages = watcher.drain(QUEUE)
+    assert [(p.message_id, p.type) for p, _ in messages] == [(e["client_generated_id"], e["event_type"])
+                                                             for e in events]
+
+
+def test_resending_the_same_event_is_accepted_again(ingress, watcher):
+    seed = event()
+    assert ingress.post(seed)[0] == 202
+    assert ingress.post(seed)[0] == 202  # the worker deduplicates, not the ingress
+    assert [p.message_id for p, _ in watcher.drain(QUEUE)] == [seed["client_generated_id"]] * 2
+
+
+def test_user_ids_are_compared_as_uuids(ingress, watcher):
+    user = str(uuid.uuid4())
+    status, _, _ = ingress.post(event(user_id=user.upper()), sub=user)
+    assert status == 202
+    [(_, raw)] = watcher.drain(QUEUE)
+    assert orjson.loads(raw)["user_id"] == user  # canonical form on the wire
+
+
+def test_trace_context_travels_as_a_header(ingress, watcher):
+    seed = event()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    status, _, _ = ingress.request("POST", EVENTS, orjson.dumps(seed), {
+        "Content-Type": "application/json; charset=utf-8", "traceparent": traceparent,
+        "Authorization": f"Bearer {ingress.token(seed['user_id'])}"})
+    assert status == 202
+    [(props, _)] = watcher.drain(QUEUE)
+    assert props.headers["traceparent"] == traceparent
+
+
+# ---- rejected: nothing is published --------------------------------------------------------
+def _seed_text(ev: dict) -> str:
+    return orjson.dumps(ev).decode()
+
+
+@pytest.mark.parametrize("corrupt, what", [
+    (lambda text: text[:-2], "malformed"),
+    (lambda text: '{"event_type":"user.settings.submitted",' + text[1:], "duplicate key"),
+    (lambda text: text.replace('"age":28', '"age":NaN'), "NaN"),
+    (lambda text: text.replace('"age":28', '"age":1e999'), "Infinity"),
+])
+def test_json_that_is_not_strict_is_400(ingress, watcher, corrupt, what):
+    seed = event()
+    status, _, body = ingress.post(corrupt(_seed_text(seed)).encode(), sub=seed["user_id"])
+    assert (status, body["error"]) == (400, "bad_json"), what
+    assert nothing_published(watcher)
+
+
+def test_a_duplicate_key_is_named(ingress, watcher):
+    seed = event()
+    text = '{"user_id":"' + seed["user_id"] + '",' + _seed_text(seed)[1:]
+    status, _, body = ingress.post(text.encode(), sub=seed["user_id"])
+    assert (status, body["error"], body["field"]) == (400, "bad_json", "user_id")
+    assert nothing_published(watcher)
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512 with the test key
+@pytest.mark.parametrize("make_token, what", [
+    (lambda app, sub: None, "missing"),
+    (lambda app, sub: app.token(sub, exp=int(time.time()) - 300), "expired"),
+    (lambda app, sub: jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, None, algorithm="none"), "alg none"),
+    (lambda app, sub: app.token(sub, key="another-key-another-key-another-key-0123"), "wrong key"),
+    (lambda app, sub: app.token(sub, algorithm="HS512"), "another algorithm"),
+    (lambda app, sub: jwt.encode({"sub": sub}, app.secret, algorithm="HS256"), "no exp"),
+    (lambda app, sub: jwt.encode({"exp": int(time.time()) + 300}, app.secret, algorithm="HS256"), "no sub"),
+    (lambda app, sub: "not-a-jwt", "garbage"),
+])
+def test_without_a_valid_token_it_is_401(ingress, watcher, make_token, what):
+    seed = event()
+    status, headers, body = ingress.post(seed, token=make_token(ingress, seed["user_id"]))
+    assert (status, body["error"]) == (401, "unauthorized"), what
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert nothing_published(watcher)
+
+
+def test_an_event_for_another_user_is_403(ingress, watcher):
+    status, _, body = ingress.post(event(), sub=str(uuid.uuid4()))
+    assert (status, body["error"], body["field"]) == (403, "forbidden", "user_id")
+    assert nothing_published(watcher)
+
+
+def test_a_body_too_large_is_413(ingress, watcher):
+    seed = event(data={**SEED_DATA, "padding": "x" * MAX_BODY})
+    status, _, body = ingress.post(seed)
+    assert (status, body["error"]) == (413, "body_too_large")
+    assert nothing_published(watcher)
+
+
+def test_too_many_events_is_413(ingress, watcher):
+    user = str(uuid.uuid4())
+    status, _, body = ingress.post([event(user_id=user) for _ in range(MAX_EVENTS + 1)])
+    assert (status, body["error"]) == (413, "too_many_events")
+    assert nothing_published(watcher)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=latin-1"])
+def test_a_body_that_is_not_json_media_is_415(ingress, watcher, content_type):
+    status, _, body = ingress.post(event(), content_type=content_type)
+    assert (status, body["error"]) == (415, "unsupported_media_type")
+    assert nothing_published(watcher)
+
+
+def test_a_schema_violation_names_the_field(ingress, watcher):
+    status, _, body = ingress.post(event(data={**SEED_DATA, "age": 500}))
+    assert (status, body["error"], body["field"]) == (422, "schema_violation", "data.age")
+    assert nothing_published(watcher)
+
+
+def test_one_bad_event_rejects_the_whole_batch(ingress, watcher):
+    user = str(uuid.uuid4())
+    events = [event(user_id=user), event(user_id=user, data={**SEED_DATA, "age": 500}),
+              event(user_id=user, event_type="no.such.type")]
+    status, _, body = ingress.post(events)
+    assert (status, body["error"]) == (422, "schema_violation")
+    assert [(e["index"], e["error"], e["field"]) for e in body["errors"]] == [
+        (1, "schema_violation", "data.age"), (2, "unknown_event_type", "event_type")]
+    assert nothing_published(watcher)
+
+
+@pytest.mark.parametrize("overrides, error, field", [
+    ({"event_type": "no.such.type"}, "unknown_event_type", "event_type"),
+    ({"schema_version": "2.0.0"}, "unsupported_version", "schema_version"),
+    ({"timestamp": rfc3339(datetime.now(timezone.utc) + timedelta(days=1))}, "schema_violation", "timestamp"),
+    ({"client_generated_id": "not-a-uuid"}, "schema_violation", "client_generated_id"),
+])
+def test_events_the_ingress_must_not_accept_are_422(ingress, watcher, overrides, error, field):
+    status, _, body = ingress.post(event(**overrides))
+    assert (status, body["error"], body.get("field")) == (422, error, field)
+    assert nothing_published(watcher)
+
+
+def test_a_client_cannot_forge_an_outcome_event(ingress, watcher):
+    # An outcome type with a schema in the catalog is named as such; without one it is unknown.
+    outcomes = sorted(set(contracts.data_schemas()) - contracts.client_event_types())
+    forged = outcomes[0] if outcomes else "comment.persisted"
+    status, _, body = ingress.post(event(event_type=forged))
+    expected = "event_type_not_allowed" if outcomes else "unknown_event_type"
+    assert (status, body["error"], body["field"]) == (422, expected, "event_type")
+    assert nothing_published(watcher)
+
+
+def test_the_same_id_twice_in_one_batch_is_422(ingress, watcher):
+    first = event()
+    status, _, body = ingress.post([first, dict(first)])
+    assert (status, body["errors"][0]["index"], body["errors"][0]["error"]) == (422, 1, "duplicate_id")
+    assert nothing_published(watcher)
+
+
+def test_an_event_type_no_queue_takes_is_422_no_consumer(ingress, watcher):
+    watcher.channel.queue_unbind(QUEUE, "app.events", routing_key="app.settings.updated")
+    try:
+        status, _, body = ingress.post(event(event_type="app.settings.updated", data={"theme": "dark"}))
+    finally:
+        watcher.channel.queue_bind(QUEUE, "app.events", routing_key="app.settings.updated")
+    assert (status, body["error"]) == (422, "no_consumer")
+    assert "app.settings.updated" in body["detail"]
+    assert nothing_published(watcher)
+
+
+def test_a_message_the_broker_refuses_is_503(ingress, watcher):
+    # A full queue with reject-publish makes RabbitMQ nack the publish.
+    watcher.channel.queue_declare("ingress-full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    watcher.channel.queue_bind("ingress-full", "app.events", routing_key="app.settings.updated")
+    try:
+        status, headers, body = ingress.post(event(event_type="app.settings.updated", data={"theme": "dark"}))
+    finally:
+        watcher.channel.queue_delete("ingress-full")
+    assert (status, body["error"]) == (503, "broker_unavailable")
+    assert "retry-after" in headers
+
+
+# ---- the documents and the other routes ----------------------------------------------------
+def test_schemas_openapi_and_asyncapi_describe_the_client_events(ingress):
+    status, _, index = ingress.request("GET", "/api/v1/schemas")
+    assert status == 200
+    assert {e["event_type"] for e in index["event_types"]} == set(BOUND)
+    status, _, schema = ingress.request("GET", index["event_types"][0]["href"])
+    assert status == 200 and schema["properties"]["event_type"] == {"const": index["event_types"][0]["event_type"]}
+    status, _, openapi = ingress.request("GET", "/api/v1/openapi.json")
+    assert status == 200 and openapi["openapi"].startswith("3.1")
+    assert set(BOUND) <= set(openapi["components"]["schemas"]) and EVENTS in openapi["paths"]
+    status, _, asyncapi = ingress.request("GET", "/api/v1/asyncapi.json")
+    assert status == 200 and asyncapi["asyncapi"] == "2.6.0"
+    assert asyncapi["channels"]["user.settings.submitted"]["bindings"]["amqp"]["exchange"]["name"] == "app.events"
+    assert ingress.request("GET", "/api/v1/schemas/no.such.type")[:1] == (404,)
+
+
+def test_unknown_routes_and_methods_answer_json(ingress):
+    status, _, body = ingress.request("GET", "/nope")
+    assert (status, body["error"]) == (404, "not_found")
+    status, headers, body = ingress.request("GET", EVENTS)
+    assert (status, body["error"], headers["allow"]) == (405, "method_not_allowed", "POST")
+    assert ingress.request("GET", "/healthz")[2] == {"status": "ok"}
+
+
+def test_each_request_logs_one_json_line_without_the_token(ingress):
+    seed = event()
+    token = ingress.token(seed["user_id"])
+    assert ingress.post(seed, token=token)[0] == 202
+    lines = wait_for(lambda: [l for l in ingress.proc.logs() if l.get("msg") == "request"
+                              and l.get("user_id") == seed["user_id"]], message="request logged")
+    assert {k: lines[0][k] for k in ("route", "status", "count")} == {"route": EVENTS, "status": 202, "count": 1}
+    assert lines[0]["duration_ms"] > 0
+    assert token not in ingress.proc.text() and token.split(".")[2] not in ingress.proc.text()
+
+
+# ---- the broker blocks, goes away and comes back ------------------------------------------
+def test_a_broker_resource_alarm_gives_a_fast_503_until_it_clears(ingress, watcher, proxy):
+    # Given an idle ingress (so the injected frame falls between the broker's own frames)
+    time.sleep(0.3)
+    # When the broker blocks publishers (what it sends on a memory or disk alarm)
+    proxy.send_to_clients(pika.spec.Connection.Blocked(reason="low on memory (test)"))
+    try:
+        wait_for(lambda: ingress.readiness() == {503}, timeout=3, message="/readyz 503 while blocked")
+        started = time.monotonic()
+        status, headers, body = ingress.post(event())
+        # Then clients get 503 at once instead of a request hanging on a blocked socket
+        assert time.monotonic() - started < 1.0
+        assert (status, body["error"], "retry-after" in headers) == (503, "broker_unavailable", True)
+        assert nothing_published(watcher)
+    finally:
+        proxy.send_to_clients(pika.spec.Connection.Unblocked())
+    # And once the alarm clears, events are accepted again
+    wait_for(lambda: ingress.readiness() == {200}, timeout=5, message="/readyz 200 after unblock")
+    assert ingress.post(event())[0] == 202
+
+def test_broker_cut_gives_a_fast_503_and_recovery_needs_no_restart(ingress, watcher, proxy):
+    try:
+        # Given a ready ingress, when the broker connection is cut
+        proxy.cut()
+        started = time.monotonic()
+        status, headers, body = ingress.post(event())
+        # Then a client gets 503 with Retry-After at once, not after the publish timeout
+        assert time.monotonic() - started < 2.0
+        assert (status, body["error"]) == (503, "broker_unavailable")
+        assert int(headers["retry-after"]) > 0
+        wait_for(lambda: ingress.readiness() == {503}, timeout=3, message="/readyz 503 on every worker")
+        started = time.monotonic()
+        assert ingress.post(event())[0] == 503 and time.monotonic() - started < 2.0
+        assert nothing_published(watcher)
+    finally:
+        # When the broker is back, the same processes accept events again within seconds
+        proxy.restore()
+    seed = event()
+    wait_for(lambda: ingress.post(seed)[0] == 202, timeout=10, interval=0.2, message="202 after restore")
+    wait_for(lambda: ingress.readiness() == {200}, timeout=10, message="/readyz 200 on every worker")
+    assert ingress.post(event())[0] == 202
+    assert {p.message_id for p, _ in watcher.drain(QUEUE)} >= {seed["client_generated_id"]}
