@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from http import HTTPStatus
 
 import orjson
@@ -15,13 +16,19 @@ import orjson
 from ingress import batch, documents
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
-from ingress.publisher import UNROUTABLE, PublishError, Publisher
+from ingress.publisher import REPLY_TO, UNROUTABLE, PublishError, Publisher
 from shared import broker, contracts
 from shared.config import Config
+from shared.envelope import new_event, outcome_id
 from shared.errors import InvalidEvent
 from shared.logging import log, setup_logging, write_lines
 
 RETRY_AFTER_S = 2
+# Events whose worker answers at once (DESIGN §1): the client gets the answer in its response.
+REPLY_EVENT_TYPES = frozenset({"media.upload_requested"})
+REPLY_TIMEOUT_S = float(os.environ.get("REPLY_TIMEOUT_S", "5"))
+_REPLY_ERRORS = {"forbidden": 403, "not_found": 404, "idempotency_conflict": 409}
+_VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _JSON = ("Content-Type", "application/json")
@@ -97,6 +104,8 @@ class App:
     def _route(self, method: str, path: str):
         if path.startswith(SCHEMA_PREFIX):
             route, methods = f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
+        elif _VIDEO_COMPLETE.match(path):
+            route, methods = "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
         else:
             route, methods = path, self._routes.get(path)
             if methods is None:
@@ -125,19 +134,59 @@ class App:
             raise Rejected(404, "not_found", f"unknown event type {event_type[:64]!r}")
         return 200, self._schemas[event_type], ()
 
-    def post_events(self, environ, seen):
+    def _subject(self, environ, seen) -> str:
         try:
             subject = self.verifier.subject(environ.get("HTTP_AUTHORIZATION"))
         except Unauthorized as exc:
             raise Rejected(401, "unauthorized", str(exc),
                            headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),)) from None
         seen["user_id"] = subject
+        return subject
+
+    def post_events(self, environ, seen):
+        subject = self._subject(environ, seen)
         self._check_media_type(environ.get("CONTENT_TYPE", ""))
         envelopes = batch.parse(self._read_body(environ), subject, self.config.max_batch_events,
                                 self.config.max_clock_skew_s)
         seen["count"] = len(envelopes)
-        headers = _trace_headers(environ)
-        messages = [(self.config.exchange, e.event_type, e.to_json(), broker.event_properties(e, headers))
+        if len(envelopes) == 1 and envelopes[0].event_type in REPLY_EVENT_TYPES:
+            return self._request_reply(envelopes[0], _trace_headers(environ))
+        return self._publish(envelopes, _trace_headers(environ))
+
+    def complete_video(self, environ, seen):
+        """The upload finished: `media.uploaded` for the video worker to verify (owner, object)."""
+        subject = self._subject(environ, seen)
+        video_id = str(uuid.UUID(_VIDEO_COMPLETE.match(environ["PATH_INFO"]).group(1)))
+        # one id per video: a retried completion is the same event, deduplicated by the worker
+        event = new_event("media.uploaded", subject, {"video_id": video_id}, "ingress",
+                          outcome_id(video_id, "media.uploaded"))
+        return self._publish([event], _trace_headers(environ))
+
+    def _request_reply(self, event, headers):
+        """Publish, then wait a bounded time for the worker's answer; 202 if it does not come."""
+        correlation_id = event.id
+        publisher = self.publisher()
+        reply = publisher.expect_reply(correlation_id)
+        props = broker.event_properties(event, headers)
+        props.reply_to, props.correlation_id = REPLY_TO, correlation_id
+        try:
+            self._publish([event], headers, props)
+            try:
+                answer = orjson.loads(reply.result(REPLY_TIMEOUT_S))
+            except (TimeoutError, PublishError, orjson.JSONDecodeError):
+                return 202, {"accepted": [event.id], "pending": True}, ()
+        finally:
+            publisher.forget_reply(correlation_id)
+        status = answer.pop("status", "ok")
+        if status == "ok":
+            return 200, {"accepted": [event.id], "result": answer}, ()
+        if status == "duplicate":
+            return 202, {"accepted": [event.id], "duplicate": True}, ()
+        code = _REPLY_ERRORS.get(answer.get("error"), 422)
+        raise Rejected(code, answer.get("error") or "rejected", answer.get("detail") or "", answer.get("field"))
+
+    def _publish(self, envelopes, headers, props=None):
+        messages = [(self.config.exchange, e.event_type, e.to_json(), props or broker.event_properties(e, headers))
                     for e in envelopes]
         try:
             results = self.publisher().confirm(messages, self.config.publish_timeout_s)

@@ -9,8 +9,8 @@ resource alarm, `publish()` raises BrokerUnavailable at once, so the caller can 
 without waiting.
 
 Only the ioloop thread touches pika; other threads reach it through
-`ioloop.add_callback_threadsafe`. Request–reply (consuming 'amq.rabbitmq.reply-to' on this
-channel, keyed by correlation_id) can be added in `_on_channel_open` / `_on_confirm_select_ok`.
+`ioloop.add_callback_threadsafe`. Request–reply: the channel consumes RabbitMQ's direct
+reply-to pseudo-queue; `expect_reply()` registers a correlation id and its Future.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from shared import broker
 from shared.backoff import Backoff
 from shared.logging import log
 
+REPLY_TO = "amq.rabbitmq.reply-to"
 CONFIRMED = "confirmed"
 UNROUTABLE = "unroutable"
 
@@ -93,6 +94,7 @@ class Publisher:
         self._channel = None
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._replies: dict[str, Future] = {}  # correlation_id → Future of the reply body
         self._backoff = Backoff(first=0.2, cap=5.0)
 
     # ---- any thread ---------------------------------------------------------------------
@@ -135,6 +137,17 @@ class Publisher:
         except TimeoutError:
             raise PublishTimeout(f"no publisher confirm within {timeout}s") from None
 
+    def expect_reply(self, correlation_id: str) -> Future:
+        """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""
+        future = Future()
+        with self._lock:
+            self._replies[correlation_id] = future
+        return future
+
+    def forget_reply(self, correlation_id: str) -> None:
+        with self._lock:
+            self._replies.pop(correlation_id, None)
+
     def close(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
@@ -174,6 +187,8 @@ class Publisher:
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_select_ok)
 
     def _on_confirm_select_ok(self, _frame) -> None:
+        # direct reply-to: consume the pseudo-queue (no ack) before publishing with reply_to
+        self._channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
         if self._declare_exchange:
             # Same declaration as the topology: publishing to a missing exchange would close the
             # channel (404) on every request; an existing exchange with no queue gives a clean 422.
@@ -205,6 +220,12 @@ class Publisher:
                 return
             self._seq += 1
             self._pending[self._seq] = _Pending(future, exchange, routing_key, body)
+
+    def _on_reply(self, _channel, _method, properties, body) -> None:
+        with self._lock:
+            future = self._replies.pop(properties.correlation_id or "", None)
+        if future is not None:
+            _settle(future, body)
 
     def _on_return(self, _channel, method, _properties, body) -> None:
         # A return carries no delivery tag. RabbitMQ sends it before the message's ack, so the

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from functools import partial
 
+import orjson
 import pika
 
 from shared import broker, outbox, topology
@@ -35,7 +36,9 @@ class Consumer:
         self.names = topology.QueueNames(spec.name)
         self.processor = BatchProcessor(spec, db_url, config.max_clock_skew_s)
         self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-publisher", config.heartbeat_s)
-        self.max_batch = max(1, config.prefetch // 2)  # the rest of the prefetch streams in meanwhile
+        self.prefetch = spec.prefetch or config.prefetch
+        # the rest of the prefetch streams in while a batch is processed
+        self.max_batch = spec.max_batch or max(1, self.prefetch // 2)
         self.stopping = threading.Event()
         self._pending: list[Delivery] = []
         self._idle = threading.Event()
@@ -52,7 +55,7 @@ class Consumer:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         log.info("worker starting", worker=self.spec.name, handlers=sorted(self.spec.handlers),
-                 queue=self.names.main, bindings=sorted(self.spec.handlers), prefetch=self.config.prefetch,
+                 queue=self.names.main, bindings=sorted(self.spec.handlers), prefetch=self.prefetch,
                  max_batch=self.max_batch)
         worker_thread = threading.Thread(target=self._process_loop, name="processor", daemon=True)
         worker_thread.start()
@@ -94,7 +97,7 @@ class Consumer:
             channel = connection.channel()
             topology.declare_worker(channel, self.spec.name, self.spec.handlers.keys(), self.config.exchange,
                                     self.config.delivery_limit, self.config.retry_delays_s)
-            channel.basic_qos(prefetch_count=self.config.prefetch)
+            channel.basic_qos(prefetch_count=self.prefetch)
             self._generation += 1
             self._connection, self._channel = connection, channel
             tag = channel.basic_consume(self.names.main, partial(self._on_message, self._generation))
@@ -182,6 +185,7 @@ class Consumer:
             log.warning("outbox publish failed, relay will retry", worker=self.spec.name,
                         events=len(written), error=f"{type(exc).__name__}: {exc}")
         unforwarded = self._forward_failures(verdicts)
+        self._send_replies(verdicts)
         self._log(verdicts, duration_ms)
         self._request_settle(batch, unforwarded)
 
@@ -199,6 +203,28 @@ class Consumer:
             log.error("could not forward failed messages; they will be redelivered", worker=self.spec.name,
                       count=len(failing), error=f"{type(exc).__name__}: {exc}")
             return {v.delivery.tag for v in failing}
+
+    def _send_replies(self, verdicts: list[Verdict]) -> None:
+        """Answer request–reply callers (DESIGN §1); a lost answer only makes the caller wait it out."""
+        messages = []
+        for v in verdicts:
+            props = v.delivery.properties
+            if not props.reply_to or v.outcome == RETRY:
+                continue
+            if v.outcome == PROCESSED:
+                body = {"status": "ok", **(v.reply or {})}
+            elif v.outcome == DUPLICATE:
+                body = {"status": "duplicate"}
+            else:
+                body = {"status": "error", "error": v.reason or getattr(v.error, "reason", "failed"),
+                        "detail": str(v.error)[:300], "field": getattr(v.error, "field", None)}
+            messages.append(Message("", props.reply_to, orjson.dumps(body), pika.BasicProperties(
+                content_type="application/json", correlation_id=props.correlation_id, delivery_mode=1)))
+        if messages:
+            try:
+                self.publisher.publish(messages)
+            except Exception as exc:
+                log.warning("could not send replies", worker=self.spec.name, error=f"{type(exc).__name__}: {exc}")
 
     def _retry_or_dead(self, verdict: Verdict) -> Message:
         d, exc = verdict.delivery, verdict.error

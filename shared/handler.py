@@ -9,7 +9,8 @@ from psycopg2.extras import execute_values
 from shared import contracts
 from shared.envelope import Envelope, new_event, outcome_id
 
-Handler = Callable[["Context", Envelope], None]
+# A handler may return a dict: the answer sent to a request–reply caller (DESIGN §1).
+Handler = Callable[["Context", Envelope], "dict | None"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class WorkerSpec:
     database: str
     handlers: Mapping[str, Handler]
     description: str = ""
+    prefetch: int | None = None   # overrides PREFETCH (a transcode job takes one at a time)
+    max_batch: int | None = None  # messages per transaction; default half the prefetch
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class Verdict:
     error: BaseException | None = None
     reason: str | None = None          # why it was dead-lettered
     retry_in_s: int | None = None      # which delay queue it went to
+    reply: dict | None = None          # what the handler returned, for a request–reply caller
 
 
 class BatchProcessor:
@@ -112,8 +113,7 @@ class BatchProcessor:
         ctx = Context(conn, self.spec.name, self.prepared)
         try:
             claimed, verdicts = self._claim(conn, items)
-            for d, event in claimed:
-                self.spec.handlers[event.event_type](ctx, event)
+            replies = [self.spec.handlers[event.event_type](ctx, event) for _, event in claimed]
             ctx.flush()
             conn.commit()
         except BaseException as exc:
@@ -133,7 +133,7 @@ class BatchProcessor:
             raise
         if self._fault == "exit_after_commit" and ctx.outbox:
             os._exit(70)
-        return verdicts + [Verdict(d, PROCESSED, e) for d, e in claimed], ctx.outbox
+        return verdicts + [Verdict(d, PROCESSED, e, reply=r) for (d, e), r in zip(claimed, replies)], ctx.outbox
 
     def _claim(self, conn, items):
         """Insert every idempotency key in one statement; the ones already there are duplicates
