@@ -83,3 +83,30 @@ def query(url: str, sql: str, params=()):
     finally:
         conn.commit()
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def local_s3():
+    """One ministack server for the session, spoken to over HTTP exactly as to Spaces."""
+    from workers.localstorage import LocalS3
+    server = LocalS3().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(local_s3):
+    """Environment for a process using a fresh private bucket of its own."""
+    from shared.storage import Storage, StorageConfig
+    env = local_s3.env(f"media-{uuid.uuid4().hex[:12]}")
+    storage = Storage(StorageConfig(env["S3_ENDPOINT_URL"], env["S3_BUCKET"], env["S3_ACCESS_KEY"],
+                                    env["S3_SECRET_KEY"]))
+    storage.ensure_bucket()
+    return env
+
+
+@pytest.fixture
+def storage(s3_env):
+    from shared.storage import Storage, StorageConfig
+    return Storage(StorageConfig(s3_env["S3_ENDPOINT_URL"], s3_env["S3_BUCKET"], s3_env["S3_ACCESS_KEY"],
+                                 s3_env["S3_SECRET_KEY"]))

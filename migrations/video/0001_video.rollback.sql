@@ -1,0 +1,5 @@
+DROP TABLE likes;
+DROP TABLE comments;
+DROP TABLE feed_posts;
+DROP TABLE media_metadata;
+DROP TABLE videos;
