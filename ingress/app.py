@@ -27,7 +27,7 @@ RETRY_AFTER_S = 2
 # Events whose worker answers at once (DESIGN §1): the client gets the answer in its response.
 REPLY_EVENT_TYPES = frozenset({"media.upload_requested"})
 REPLY_TIMEOUT_S = float(os.environ.get("REPLY_TIMEOUT_S", "5"))
-_REPLY_ERRORS = {"forbidden": 403, "not_found": 404, "idempotency_conflict": 409}
+_REPLY_ERRORS = {"forbidden": 403, "not_found": 404, "idempotency_conflict": 409, "already_uploaded": 409}
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -157,9 +157,10 @@ class App:
         """The upload finished: `media.uploaded` for the video worker to verify (owner, object)."""
         subject = self._subject(environ, seen)
         video_id = str(uuid.UUID(_VIDEO_COMPLETE.match(environ["PATH_INFO"]).group(1)))
-        # one id per video: a retried completion is the same event, deduplicated by the worker
+        # one id per video and caller: a retried completion is the same event (deduplicated),
+        # and a stranger's attempt is its own event, refused by the worker as forbidden
         event = new_event("media.uploaded", subject, {"video_id": video_id}, "ingress",
-                          outcome_id(video_id, "media.uploaded"))
+                          outcome_id(video_id, f"media.uploaded/{subject}"))
         return self._publish([event], _trace_headers(environ))
 
     def _request_reply(self, event, headers):
