@@ -1,7 +1,8 @@
 """A local S3-compatible server (ministack) for `workers dev` and the tests, reached over HTTP.
 
-ministack verifies SigV4 (expired or tampered presigned URLs are refused) and a presigned POST's
-content-length-range. It pins an older botocore, so it lives in its own virtualenv
+ministack (with AUTH=true) verifies SigV4 (expired or tampered presigned URLs and forms are
+refused), a presigned POST's policy (key, content type, content-length-range, expiry), and
+refuses anonymous reads of private objects. It pins an older botocore, so it lives in its own virtualenv
 (`.local/ministack-venv`, made by bin/bootstrap), never in the project's.
 """
 from __future__ import annotations
@@ -35,8 +36,10 @@ class LocalS3:
         binary = VENV / "bin" / "ministack"
         if not binary.exists():
             raise RuntimeError(f"{binary} is missing: run bin/bootstrap")
+        # AUTH=true: upload-form signatures are verified and private objects refuse anonymous
+        # reads, as on Spaces; with the default, tampered forms and anonymous GETs succeed.
         env = {**os.environ, "GATEWAY_PORT": str(self.port), "BIND_HOST": "127.0.0.1",
-               "MINISTACK_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
+               "MINISTACK_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", "AUTH": "true", "SERVICES": "s3"}
         self.proc = subprocess.Popen([str(binary)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
