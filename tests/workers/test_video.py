@@ -2,6 +2,9 @@
 through, processed videos as feed posts, comments and likes that count once."""
 from __future__ import annotations
 
+import base64
+import json
+import time
 import uuid
 
 import orjson
@@ -170,6 +173,24 @@ def test_another_content_type_is_refused_by_storage_and_by_completion(video_work
     assert "text/plain" in failure["data"]["reason"]
     assert status(db, by_hand)[0] == "failed"
     assert storage.list(f"uploads/{owner}/{by_hand}/") == []
+
+
+def test_an_expired_or_tampered_form_is_refused_by_storage(video_worker, rmq, storage):
+    video_worker(UPLOAD_URL_EXPIRY_S="2")
+    owner = user()
+    upload = request_upload(rmq, owner, str(uuid.uuid4()))["upload"]
+    signature = upload["fields"]["x-amz-signature"]
+    # a forged signature, and a policy rewritten to allow more bytes, are refused
+    forged = ("0" if signature[0] != "0" else "1") + signature[1:]
+    assert post_form(upload, b"x" * 100, override={"x-amz-signature": forged})[0] == 403
+    policy = json.loads(base64.b64decode(upload["fields"]["policy"]))
+    policy["conditions"] = [c for c in policy["conditions"] if not (isinstance(c, list) and c[0] == "content-length-range")]
+    raised = base64.b64encode(json.dumps(policy).encode()).decode()
+    assert post_form(upload, b"x" * 100, override={"policy": raised})[0] == 403
+    # once the short expiry has passed, the untouched form is refused too
+    time.sleep(3)
+    assert post_form(upload, b"x" * 100)[0] == 403
+    assert storage.head(upload["fields"]["key"]) is None
 
 
 def test_someone_elses_video_can_be_neither_completed_nor_requested(video_worker, rmq, storage):
