@@ -7,6 +7,8 @@ from shared.handler import WorkerSpec
 
 WORKERS = {
     "settings": "workers.settings",
+    "transcode": "workers.transcode",
+    "video": "workers.video",
 }
 
 

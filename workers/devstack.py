@@ -44,11 +44,26 @@ def _prepare() -> None:
     connection.close()
 
 
+def _start_storage():
+    """A local S3 server unless S3_ENDPOINT_URL points somewhere already."""
+    from shared.storage import Storage, StorageConfig
+    from workers.localstorage import LocalS3
+
+    server = None
+    if not os.environ.get("S3_ENDPOINT_URL"):
+        server = LocalS3(port=int(os.environ.get("LOCAL_S3_PORT", "4566"))).start()
+        os.environ.update(server.env(os.environ.get("S3_BUCKET", "spotter-media")))
+        click.echo(f"local S3 (ministack) on {server.url}, bucket {os.environ['S3_BUCKET']}", err=True)
+    Storage(StorageConfig.from_env()).ensure_bucket()
+    return server
+
+
 def run_dev_stack(port: int | None) -> None:
     _ensure_dev_env(Path(".env"))
     if port:
         os.environ["PORT"] = str(port)
     _prepare()
+    storage_server = _start_storage()
     cli = [sys.executable, "-m", "workers"]
     commands = {"ingress": cli + ["serve"], **{name: cli + ["run", name] for name in sorted(WORKERS)}}
     procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
@@ -79,3 +94,5 @@ def run_dev_stack(port: int | None) -> None:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if storage_server is not None:
+            storage_server.stop()

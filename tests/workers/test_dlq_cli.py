@@ -28,3 +28,12 @@ def test_dlq_list_show_replay_purge(rmq, base_env):
     assert body == dumps(bad[0]) and "x-dead-reason" not in props.headers
     assert "purged 1" in run_cli("dlq", "purge", "settings", "--all", "--yes", env=base_env).stdout
     assert rmq.depth("settings.dead") == 0
+
+
+def test_status_shows_each_worker_queue_dead_letters_and_outbox(rmq, base_env, settings_db):
+    run_cli("topology", env=base_env)
+    rmq.publish("app.dead", "settings", dumps(event()), headers={"x-dead-reason": "invalid"})
+    rmq.publish("app.events", "user.settings.submitted", dumps(event()))
+    out = run_cli("status", env={**base_env, "SETTINGS_DATABASE_URL": settings_db}).stdout
+    line = next(l for l in out.splitlines() if l.startswith("settings"))
+    assert "ready=1" in line and "consumers=0" in line and "dead=1" in line and "outbox_backlog=0" in line
