@@ -1,0 +1,94 @@
+"""Test inputs made with ffmpeg: real clips (with audio, portrait, rotated) and things that are not videos."""
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from pathlib import Path
+
+
+def clip(path: Path, width: int = 320, height: int = 240, seconds: float = 2.0, rate: int = 25,
+         audio: bool = True, rotate: int | None = None, pattern: str = "testsrc", preset: str = "ultrafast",
+         audio_seconds: float | None = None, faststart: bool = False) -> Path:
+    """An H.264 (+AAC) MP4 of a test pattern. `rotate` adds a display matrix (phones' portrait
+    video: landscape frames shown turned), via -display_rotation where this ffmpeg has it.
+    `audio_seconds` longer than `seconds` makes a video track that ends before the sound."""
+    args = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    if rotate is not None and _has_display_rotation():
+        args += ["-display_rotation", str(rotate)]  # an input option: applies to the next -i
+    args += ["-f", "lavfi", "-i", f"{pattern}=size={width}x{height}:rate={rate}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={audio_seconds or seconds}"]
+    args += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", "aac"] + ([] if audio_seconds else ["-shortest"])
+    if faststart:
+        args += ["-movflags", "+faststart"]
+    if rotate is not None and not _has_display_rotation():
+        args += ["-metadata:s:v", f"rotate={rotate}"]
+    subprocess.run([*args, str(path)], check=True)
+    return path
+
+
+def rotated(path: Path, source: Path, rotate: int = 90) -> Path:
+    """`source` with a display matrix added and its frames untouched (stream copy)."""
+    args = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    if _has_display_rotation():
+        args += ["-display_rotation", str(rotate), "-i", str(source), "-c", "copy"]
+    else:
+        args += ["-i", str(source), "-c", "copy", "-metadata:s:v", f"rotate={rotate}"]
+    subprocess.run([*args, str(path)], check=True)
+    return path
+
+
+def browser_recording(path: Path, seconds: float = 2.0) -> Path:
+    """VP8/Opus WebM written as a stream, the way MediaRecorder does: no duration in the container."""
+    with open(path, "wb") as out:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                        f"testsrc=size=320x240:rate=25:duration={seconds}", "-f", "lavfi", "-i",
+                        f"sine=frequency=440:duration={seconds}", "-c:v", "libvpx", "-deadline", "realtime",
+                        "-c:a", "libopus", "-f", "webm", "-"], stdout=out, check=True)
+    return path
+
+
+def text_file(path: Path) -> Path:
+    path.write_text("leg day notes: squats 5x5, lunges 3x12\n" * 20)
+    return path
+
+
+def truncated(path: Path, source: Path, fraction: float = 0.5) -> Path:
+    """The first part of an MP4: an interrupted upload. Without +faststart the index (moov) is
+    lost with the end; with it, the index promises more than the file holds."""
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def hls_playlist(path: Path, segment_url: str = "http://127.0.0.1:9/segment.ts") -> Path:
+    """An HLS playlist under a video's name: must never make ffmpeg fetch what it names."""
+    path.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                    f"#EXTINF:4.0,\n{segment_url}\n#EXTINF:4.0,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n")
+    return path
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+                         capture_output=True, check=True, text=True).stdout
+    return json.loads(out)
+
+
+def video_stream(probe: dict) -> dict:
+    return next(s for s in probe["streams"] if s["codec_type"] == "video")
+
+
+def rotation(stream: dict) -> float:
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return float(side["rotation"])
+    return float((stream.get("tags") or {}).get("rotate", 0))
+
+
+@functools.cache
+def _has_display_rotation() -> bool:
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-h", "full"], capture_output=True, text=True).stdout
+    return "-display_rotation" in out

@@ -1,0 +1,73 @@
+"""The ffmpeg commands of a job, built with ffmpeg-python into argument lists."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ffmpeg
+
+from workers.transcoding.limits import Limits
+from workers.transcoding.probe import FORMAT_WHITELIST, MediaInfo
+
+# 720p: the short side at most 720 and the long side at most 1280, whichever way up
+SHORT_SIDE, LONG_SIDE = 720, 1280
+MAX_FPS = 60
+THUMBNAIL_AT_S = 1.0
+THUMBNAIL_WINDOW_S = 0.5  # a frame must start in [at, at + window)
+_GLOBAL = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+
+
+@dataclass(frozen=True)
+class Plan:
+    width: int            # of the rendition, as displayed (ffmpeg autorotates before our filters)
+    height: int
+    thumbnail_at_s: float
+    fps_cap: int | None   # a high-speed clip is brought down to this
+
+
+def plan(info: MediaInfo) -> Plan:
+    """Fit the displayed picture into 720p, never upscaling, with even sides (yuv420p needs them)."""
+    scale = min(1.0, SHORT_SIDE / min(info.width, info.height), LONG_SIDE / max(info.width, info.height))
+    # ~1 s in (the first frame is often black), earlier for a short clip; when the container does not
+    # say how long it is, 1 s and the fallback of job.py if the clip turns out shorter
+    at = min(THUMBNAIL_AT_S, info.duration_s / 2) if info.duration_s else THUMBNAIL_AT_S
+    return Plan(width=_even(info.width * scale), height=_even(info.height * scale), thumbnail_at_s=round(at, 3),
+                fps_cap=MAX_FPS if info.fps and info.fps > MAX_FPS + 0.5 else None)
+
+
+def transcode(source: str, info: MediaInfo, plan: Plan, limits: Limits, rendition: str,
+              thumbnail: str | None = None) -> list[str]:
+    """One run: H.264/AAC MP4 (+faststart) and, from the same decoded frames, a JPEG thumbnail."""
+    src = ffmpeg.input(source, f=info.demuxer, format_whitelist=FORMAT_WHITELIST, protocol_whitelist="file",
+                       threads=limits.threads)
+    video = src[str(info.video_index)]  # by index: cover art or data tracks are never picked up
+    if plan.fps_cap:
+        video = video.filter("fps", plan.fps_cap)
+    # One pixel format before the split: left to negotiation, the JPEG branch's full-range format
+    # wins and every frame of the rendition pays a range conversion (+30 % CPU on 1080p).
+    video = video.filter("scale", plan.width, plan.height).filter("format", "yuv420p").filter("setsar", 1)
+    branches = video.split() if thumbnail else [video]
+    streams = [branches[0]] + ([src[str(info.audio_index)]] if info.audio_index is not None else [])
+    outputs = [ffmpeg.output(
+        *streams, rendition, format="mp4", vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
+        acodec="aac", audio_bitrate="128k", ac=2, movflags="+faststart", threads=limits.threads,
+        map_metadata=-1, map_chapters=-1,  # no GPS position or device names in what the feed serves
+        t=limits.max_duration_s + 1)]     # whatever the container claims about its duration
+    if thumbnail:
+        # trim closes the branch after its window, so later frames stop there instead of being
+        # converted for a JPEG output that has finished (output-side -ss would convert them all)
+        shot = branches[1].filter("trim", start=plan.thumbnail_at_s, end=plan.thumbnail_at_s + THUMBNAIL_WINDOW_S)
+        outputs.append(ffmpeg.output(shot, thumbnail, format="image2", vcodec="mjpeg", update=1, vframes=1,
+                                     **{"q:v": 3}))
+    return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL).compile()
+
+
+def thumbnail(rendition: str, limits: Limits, out: str) -> list[str]:
+    """The first frame of the rendition: when the combined run found no frame at the chosen time."""
+    src = ffmpeg.input(rendition, f="mov", format_whitelist=FORMAT_WHITELIST, protocol_whitelist="file",
+                       threads=limits.threads)
+    return (ffmpeg.output(src.video, out, format="image2", vcodec="mjpeg", update=1, vframes=1, **{"q:v": 3})
+            .global_args(*_GLOBAL).compile())
+
+
+def _even(x: float) -> int:
+    return max(2, round(x) // 2 * 2)
