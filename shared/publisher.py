@@ -46,7 +46,14 @@ class BatchPublisher:
         return self._channel
 
     def publish(self, messages: list[Message]) -> None:
-        """Publish all or raise; on a connection error nothing can be assumed published."""
+        """Publish all or raise. A connection that died while idle (its heartbeats unanswered
+        during a long handler) is reopened once: an uncommitted transaction published nothing."""
+        try:
+            self._publish(messages)
+        except broker.CONNECTION_ERRORS:
+            self._publish(messages)
+
+    def _publish(self, messages: list[Message]) -> None:
         if not messages:
             return
         channel = self._open()

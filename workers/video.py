@@ -20,10 +20,8 @@ from shared.storage import MB, Storage, StorageConfig
 from workers.video_sql import (COMMENT_AUTHOR, CREATE_POST, DELETE_COMMENT, INSERT_COMMENT, LIKE, LOCK_VIDEO,
                                POST_AND_PARENT, REQUEST_UPLOAD, TARGET_EXISTS, TARGET_OWNER, UNLIKE)
 
-# media.failed codes for what the completion check finds, from the enum of
-# shared/schemas/events/media.failed.json. It has no size code yet: an oversized object is
-# reported as not an acceptable format, and its reason says why.
-MISSING, EMPTY, TOO_LARGE, WRONG_TYPE = "source_missing", "not_a_video", "unsupported_format", "unsupported_format"
+# media.failed codes for what the completion check finds (shared/schemas/events/media.failed.json)
+MISSING, EMPTY, TOO_LARGE, WRONG_TYPE = "source_missing", "not_a_video", "too_large", "content_type_mismatch"
 
 
 @functools.cache
