@@ -47,7 +47,6 @@ class Consumer:
         self._connection = None
         self._channel = None
         self._generation = 0
-        self.last_loop_at = time.monotonic()
 
     # ---- public -------------------------------------------------------------------------
     def run(self) -> None:
@@ -105,7 +104,6 @@ class Consumer:
             log.info("consuming", worker=self.spec.name, queue=self.names.main)
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0 if self._pending and self._idle.is_set() else 0.2)
-                self.last_loop_at = time.monotonic()
                 self._dispatch()
             channel.basic_cancel(tag)  # no new deliveries; finish what we hold
             deadline = time.monotonic() + self.config.drain_timeout_s

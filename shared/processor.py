@@ -7,7 +7,6 @@ the batch one message per transaction, so only the culprit retries or dead-lette
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
@@ -174,7 +173,3 @@ class BatchProcessor:
                 verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
                     f"client_generated_id {e.id} was already used with another user or payload")))
         return claimed, verdicts
-
-
-def elapsed_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pika
-
 DEAD_EXCHANGE = "app.dead"
 
 
@@ -27,10 +25,6 @@ class QueueNames:
     @property
     def dead(self) -> str:
         return f"{self.worker}.dead"
-
-    @property
-    def query(self) -> str:
-        return f"{self.worker}.query"
 
     def retry(self, delay_s: int) -> str:
         return f"{self.worker}.retry.{delay_s}s"
@@ -76,32 +70,5 @@ def declare_worker(channel, worker: str, routing_keys, exchange: str,
     return names
 
 
-def declare_query_queue(channel, worker: str, ttl_ms: int = 10_000) -> str:
-    """Non-durable query queue: nobody waits for an answer after the TTL, so drop it then."""
-    names = QueueNames(worker)
-    channel.queue_declare(names.query, durable=False, auto_delete=False,
-                          arguments={"x-message-ttl": ttl_ms})
-    return names.query
-
-
 class TopologyMismatch(RuntimeError):
     """A queue exists with arguments that break our delivery guarantees."""
-
-
-def check_main_queue(url_params: pika.ConnectionParameters, names: QueueNames,
-                     delivery_limit: int) -> None:
-    """A passive re-declare with our arguments fails if the live queue differs (PRECONDITION_FAILED)."""
-    connection = pika.BlockingConnection(url_params)
-    try:
-        channel = connection.channel()
-        try:
-            channel.queue_declare(names.main, durable=True,
-                                  arguments=main_queue_arguments(names, delivery_limit))
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise TopologyMismatch(
-                f"queue {names.main!r} exists with other arguments than ours "
-                f"(quorum, delivery limit {delivery_limit}, dead-letter to {DEAD_EXCHANGE}): "
-                f"{exc.reply_text}") from None
-    finally:
-        if connection.is_open:
-            connection.close()
