@@ -136,19 +136,19 @@ def test_worker_reconnects_after_broker_restart(start_worker, settings_db, rmq, 
 
 def test_sigterm_during_burst_commits_every_event_exactly_once(start_worker, settings_db, rmq, base_env):
     run_cli("topology", env=base_env)
-    events = [event() for _ in range(3000)]
+    events = [event() for _ in range(5000)]
     for e in events:
         rmq.publish("app.events", "user.settings.submitted", dumps(e))
     # Given a backlog being worked through, when the pod is told to stop mid-burst
-    worker = start_worker("settings", SETTINGS_DATABASE_URL=settings_db, PREFETCH=50)
+    worker = start_worker("settings", SETTINGS_DATABASE_URL=settings_db, PREFETCH=20)
     wait_for(lambda: rows(settings_db) > 0, message="burst started")
     assert worker.terminate() == 0
     done_before = rows(settings_db)
-    assert done_before < 3000, "burst finished before SIGTERM; make it bigger"
+    assert done_before < 5000, "burst finished before SIGTERM; make it bigger"
     # Then after a restart every event is there once, nothing dead
     start_worker("settings", SETTINGS_DATABASE_URL=settings_db)
-    wait_for(lambda: rows(settings_db) == 3000, timeout=60)
-    assert query(settings_db, "SELECT count(*) FROM idempotency_keys")[0][0] == 3000
+    wait_for(lambda: rows(settings_db) == 5000, timeout=60)
+    assert query(settings_db, "SELECT count(*) FROM idempotency_keys")[0][0] == 5000
     assert rmq.depth("settings") == 0 and rmq.depth("settings.dead") == 0
 
 
