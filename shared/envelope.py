@@ -43,11 +43,16 @@ class Envelope:
     def to_dict(self) -> dict:
         return {"schema_version": self.schema_version, "event_type": self.event_type,
                 "client_generated_id": self.id, "user_id": self.user_id,
-                "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+                "timestamp": rfc3339(self.timestamp),
                 "source_service": self.source_service, "data": self.data}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+def rfc3339(ts: datetime) -> str:
+    """A timestamp as events carry it: UTC with a Z."""
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def from_dict(event, max_clock_skew_s: int = 300, now: datetime | None = None) -> Envelope:

@@ -66,6 +66,7 @@ class Context:
     worker: str
     prepared: set = field(default_factory=set)  # statement names prepared on this connection
     _writes: list[bytes] = field(default_factory=list)
+    _mogrifier: object = None
     _rows: dict = field(default_factory=dict)  # Rows → list of row tuples
     _unsent_outbox: list[Envelope] = field(default_factory=list)
     outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
@@ -76,13 +77,14 @@ class Context:
         return self.conn.cursor()
 
     def write(self, statement: "str | Prepared", params=None) -> None:
-        with self.conn.cursor() as cur:
-            if isinstance(statement, Prepared):
-                if statement.name not in self.prepared:
-                    cur.execute(statement.prepare)  # session-level: survives our transactions
-                    self.prepared.add(statement.name)
-                statement = statement.execute
-            self._writes.append(cur.mogrify(statement, params))
+        if self._mogrifier is None:  # one cursor for the batch: this runs once per message
+            self._mogrifier = self.conn.cursor()
+        if isinstance(statement, Prepared):
+            if statement.name not in self.prepared:
+                self._mogrifier.execute(statement.prepare)  # session-level: survives our transactions
+                self.prepared.add(statement.name)
+            statement = statement.execute
+        self._writes.append(self._mogrifier.mogrify(statement, params))
 
     def write_row(self, statement: Rows, row: tuple) -> None:
         self._rows.setdefault(statement, []).append(row)

@@ -13,16 +13,17 @@ SECRET_KEYS = frozenset({"passcode", "password", "token", "access_token", "autho
 _service = "spotter"
 
 
+def _line(level: str, ts: float, msg: str, fields: dict) -> dict:
+    line = {"level": level, "ts": ts, "service": _service, "msg": msg}
+    for key, value in fields.items():
+        line[key] = "[redacted]" if key.lower() in SECRET_KEYS else value
+    return line
+
+
 def _json_sink(message) -> None:
     record = message.record
-    line = {
-        "level": record["level"].name.lower(),
-        "ts": round(record["time"].timestamp(), 3),
-        "service": _service,
-        "msg": record["message"],
-    }
-    for key, value in record["extra"].items():
-        line[key] = "[redacted]" if key.lower() in SECRET_KEYS else value
+    line = _line(record["level"].name.lower(), round(record["time"].timestamp(), 3), record["message"],
+                 record["extra"])
     if record["exception"] is not None:
         exc = record["exception"]
         line["exception"] = f"{exc.type.__name__}: {exc.value}"
@@ -42,10 +43,7 @@ def write_lines(lines: list[tuple[str, str, dict]]) -> None:
     for level, msg, fields in lines:
         if _LEVELS[level] < _min_level:
             continue
-        line = {"level": level, "ts": now, "service": _service, "msg": msg}
-        for key, value in fields.items():
-            line[key] = "[redacted]" if key.lower() in SECRET_KEYS else value
-        out.append(orjson.dumps(line, default=str))
+        out.append(orjson.dumps(_line(level, now, msg, fields), default=str))
     if out:
         sys.stdout.buffer.write(b"\n".join(out) + b"\n")
         sys.stdout.flush()

@@ -129,7 +129,7 @@ def publish(event_type, user_id, data, event_id, timestamp) -> None:
     config = _config()
     raw = {"schema_version": envelope.DEFAULT_SCHEMA_VERSION, "event_type": event_type,
            "client_generated_id": event_id or str(uuid.uuid4()), "user_id": user_id,
-           "timestamp": timestamp or datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+           "timestamp": timestamp or envelope.rfc3339(datetime.now(timezone.utc)),
            "source_service": "cli"}
     try:
         raw["data"] = strictjson.loads(data)

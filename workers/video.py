@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime, timezone
 
 import orjson
 
-from shared.envelope import Envelope, outcome_id
+from shared.envelope import Envelope, outcome_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, PermanentError
 from shared.handler import Context, WorkerSpec
 from shared.logging import log
@@ -33,10 +32,6 @@ def _storage() -> Storage:
 def _id(value: str) -> str:
     """Canonical lowercase UUID text: the schemas accept any case, keys and comparisons need one."""
     return str(uuid.UUID(value))
-
-
-def _rfc3339(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def source_key(user_id: str, video_id: str) -> str:
@@ -151,7 +146,7 @@ def publish_video(ctx: Context, event: Envelope) -> None:
                               "duration_s": data["duration_s"], "width": data["width"], "height": data["height"],
                               "renditions": orjson.dumps(data["renditions"]).decode(), "thumbnail_key": data["thumbnail_key"]})
     created_at, = cur.fetchone()
-    post = {"post_id": post_id, "video_id": video_id, "owner_id": event.user_id, "created_at": _rfc3339(created_at)}
+    post = {"post_id": post_id, "video_id": video_id, "owner_id": event.user_id, "created_at": rfc3339(created_at)}
     if caption is not None:
         post["caption"] = caption
     ctx.emit("feed.post.created", post, cause=event)
@@ -195,7 +190,7 @@ def create_comment(ctx: Context, event: Envelope) -> None:
         return
     ctx.emit("comment.persisted", {"comment_id": comment_id, "post_id": post_id, "parent_comment_id": parent_id,
                                    "author_id": event.user_id, "body": data["body"],
-                                   "created_at": _rfc3339(row[0])}, cause=event)
+                                   "created_at": rfc3339(row[0])}, cause=event)
 
 
 def delete_comment(ctx: Context, event: Envelope) -> None:

@@ -6,12 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
+from shared.envelope import rfc3339
+
 SEED_USER = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 SEED_DATA = {"weight": {"value": 93.5, "unit": "kg"}, "age": 28, "training_days_per_week": 4}
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def event(event_type="user.settings.submitted", data=None, user_id=None, event_id=None,
