@@ -12,8 +12,9 @@ import uuid
 from http import HTTPStatus
 
 import orjson
+import pika
 
-from ingress import batch, documents
+from ingress import batch, documents, reads
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
 from ingress.publisher import REPLY_TO, UNROUTABLE, PublishError, Publisher
@@ -22,12 +23,18 @@ from shared.config import Config
 from shared.envelope import new_event, outcome_id
 from shared.errors import InvalidEvent
 from shared.logging import log, setup_logging, write_lines
+from shared.topology import QUERY_EXCHANGE
 
 RETRY_AFTER_S = 2
 # Events whose worker answers at once (DESIGN §1): the client gets the answer in its response.
 REPLY_EVENT_TYPES = frozenset({"media.upload_requested"})
 REPLY_TIMEOUT_S = float(os.environ.get("REPLY_TIMEOUT_S", "5"))
-_REPLY_ERRORS = {"forbidden": 403, "not_found": 404, "idempotency_conflict": 409, "already_uploaded": 409}
+# Events that travel only on the query path (they carry a passcode): answered, or 504.
+QUERY_EVENT_TYPES = contracts.request_reply_event_types()
+QUERY_TIMEOUT_S = float(os.environ.get("QUERY_TIMEOUT_S", "5"))
+_REPLY_ERRORS = {"forbidden": 403, "access_denied": 403, "unauthorized": 401, "not_found": 404,
+                 "idempotency_conflict": 409, "already_uploaded": 409, "rate_limited": 429,
+                 "unavailable": 503, "unknown_query": 503, "internal_error": 502}
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -68,7 +75,8 @@ class App:
                 if publisher is None or publisher.pid != os.getpid():
                     publisher = self._publisher = Publisher(
                         self.config.rabbitmq_url, name=f"ingress-{os.getpid()}",
-                        heartbeat_s=self.config.heartbeat_s, declare_exchange=self.config.exchange).start()
+                        heartbeat_s=self.config.heartbeat_s,
+                        declare_exchanges=((self.config.exchange, "topic"), (QUERY_EXCHANGE, "direct"))).start()
         return publisher
 
     def warm(self, timeout: float = 3.0) -> bool:
@@ -106,6 +114,8 @@ class App:
             route, methods = f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
         elif _VIDEO_COMPLETE.match(path):
             route, methods = "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
+        elif reads.match(path):
+            route, methods = reads.match(path).route, {"GET": self.read}
         else:
             route, methods = path, self._routes.get(path)
             if methods is None:
@@ -149,6 +159,11 @@ class App:
         envelopes = batch.parse(self._read_body(environ), subject, self.config.max_batch_events,
                                 self.config.max_clock_skew_s)
         seen["count"] = len(envelopes)
+        asked = sorted({e.event_type for e in envelopes} & QUERY_EVENT_TYPES)
+        if asked and len(envelopes) > 1:
+            raise Rejected(422, "send_alone", f"{', '.join(asked)} must be posted on its own, not in a batch")
+        if asked:
+            return self._ask_event(envelopes[0], _trace_headers(environ))
         if len(envelopes) == 1 and envelopes[0].event_type in REPLY_EVENT_TYPES:
             return self._request_reply(envelopes[0], _trace_headers(environ))
         return self._publish(envelopes, _trace_headers(environ))
@@ -162,6 +177,48 @@ class App:
         event = new_event("media.uploaded", subject, {"video_id": video_id}, "ingress",
                           outcome_id(video_id, f"media.uploaded/{subject}"))
         return self._publish([event], _trace_headers(environ))
+
+    def read(self, environ, seen):
+        """A page the app shows, answered by the worker that owns the data (query path)."""
+        subject = self._subject(environ, seen)
+        query = reads.query(environ, subject)
+        return 200, self._ask(query.name, orjson.dumps(query.body), _trace_headers(environ), invalid_status=400), ()
+
+    def _ask_event(self, event, headers):
+        """An event whose answer is the response: 200 with it, or the worker's refusal."""
+        result = self._ask(event.event_type, event.to_json(), headers)
+        return 200, {"accepted": [event.id], "result": result}, ()
+
+    def _ask(self, name: str, body: bytes, headers, invalid_status: int = 422) -> dict:
+        """Publish a transient query that expires once we stop waiting; its answer, or 503/504."""
+        correlation_id = str(uuid.uuid4())
+        publisher = self.publisher()
+        reply = publisher.expect_reply(correlation_id)
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=1, type=name,
+                                     correlation_id=correlation_id, reply_to=REPLY_TO, headers=headers,
+                                     expiration=str(int(QUERY_TIMEOUT_S * 1000)))
+        try:
+            try:
+                result, = publisher.confirm([(QUERY_EXCHANGE, name, body, props)], self.config.publish_timeout_s)
+            except PublishError as exc:
+                raise Rejected(503, "broker_unavailable", str(exc),
+                               headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
+            if result == UNROUTABLE:
+                raise Rejected(503, "no_worker", f"no worker answers {name} right now",
+                               headers=(("Retry-After", str(RETRY_AFTER_S)),))
+            try:
+                answer = orjson.loads(reply.result(QUERY_TIMEOUT_S))
+            except (TimeoutError, PublishError, orjson.JSONDecodeError):
+                raise Rejected(504, "timeout", f"no answer within {QUERY_TIMEOUT_S:g}s; try again") from None
+        finally:
+            publisher.forget_reply(correlation_id)
+        if answer.pop("status", None) == "ok":
+            return answer
+        error = answer.get("error") or "rejected"
+        code = invalid_status if error == "invalid" else _REPLY_ERRORS.get(error, 422)
+        retry_after = answer.get("retry_after_s")
+        raise Rejected(code, error, answer.get("detail") or "", answer.get("field"),
+                       headers=(("Retry-After", str(int(retry_after))),) if retry_after else ())
 
     def _request_reply(self, event, headers):
         """Publish, then wait a bounded time for the worker's answer; 202 if it does not come."""

@@ -1,7 +1,9 @@
 """What the ingress serves so frontend developers need nothing else: schemas, OpenAPI, AsyncAPI."""
 from __future__ import annotations
 
+from ingress import reads
 from shared import contracts
+from shared.topology import QUERY_EXCHANGE
 
 PREFIX = "/api/v1"
 EVENTS_PATH = f"{PREFIX}/notify/events"
@@ -27,8 +29,41 @@ _ERRORS = {
     "415": "unsupported_media_type: Content-Type must be application/json",
     "422": "schema_violation (with field), unknown_event_type, unsupported_version, "
            "event_type_not_allowed, duplicate_id, or no_consumer (no queue takes the event type)",
+    "429": "rate_limited: too many passcode attempts for this feed; retry after Retry-After seconds",
     "503": "broker_unavailable: keep the events and retry after Retry-After seconds",
+    "504": "timeout: a query event (feed.visibility.updated, feed.access.attempt) got no answer in time; "
+           "re-send it",
 }
+_READ_ERRORS = {
+    "400": "bad_request (limit, cursor) or invalid",
+    "401": "unauthorized: missing or invalid bearer token, or an X-Feed-Access-Token that does not verify "
+           "(expired, forged, or issued before the passcode changed)",
+    "403": "forbidden: the feed has a passcode and no access token for it was sent",
+    "404": "not_found",
+    "503": "broker_unavailable or no_worker",
+    "504": "timeout: the worker did not answer in time",
+}
+
+
+def _read(route: reads.Route) -> dict:
+    params = []
+    if route.id_param:
+        params.append({"name": route.id_param, "in": "path", "required": True,
+                       "schema": {"type": "string", **({"format": "uuid"} if route.uuid_id else {})}})
+    if route.paged:
+        params += [{"name": "limit", "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": reads.MAX_LIMIT,
+                               "default": reads.DEFAULT_LIMIT}},
+                   {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                    "description": "next_cursor of the previous page"}]
+    if route.feed:
+        params.append({"name": "X-Feed-Access-Token", "in": "header", "schema": {"type": "string"},
+                       "description": "the access_token a granted feed.access.attempt answered (passcode feeds)"})
+    responses = {"200": _json_response("OK", {"type": "object"}),
+                 **{code: _json_response(text, {"$ref": "#/components/schemas/Error"})
+                    for code, text in _READ_ERRORS.items()}}
+    return {"get": {"summary": route.summary.split(":")[0].split(".")[0], "description": route.summary,
+                    "security": [{"bearer": []}], "parameters": params, "responses": responses}}
 
 
 def _event_types(client: bool) -> list[str]:
@@ -73,7 +108,13 @@ def openapi(max_events: int) -> dict:
         "security": [{"bearer": []}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
             one_event, {"type": "array", "minItems": 1, "maxItems": max_events, "items": one_event}]}}}},
-        "responses": {"202": _json_response("every event confirmed by the broker", {
+        "responses": {"200": _json_response(
+            "the worker's answer, for events answered at once (media.upload_requested, "
+            "feed.visibility.updated, feed.access.attempt)", {
+                "type": "object", "required": ["accepted", "result"],
+                "properties": {"accepted": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                               "result": {"type": "object"}}}),
+            "202": _json_response("every event confirmed by the broker", {
             "type": "object", "required": ["accepted"],
             "properties": {"accepted": {"type": "array", "items": {"type": "string", "format": "uuid"}}}}),
             **responses},
@@ -94,6 +135,7 @@ def openapi(max_events: int) -> dict:
                 "summary": "The JSON Schema of one event type (envelope and data)",
                 "parameters": [{"name": "event_type", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json_response("OK", doc), "404": _json_response("unknown", error)}}},
+            **{route.route: _read(route) for route in reads.ROUTES},
             f"{PREFIX}/openapi.json": _get("This document", doc),
             f"{PREFIX}/asyncapi.json": _get("The events on the broker (AsyncAPI 2.6)", doc),
         },
@@ -110,11 +152,13 @@ def asyncapi(exchange: str) -> dict:
     for t in types:
         data = contracts.data_schemas()[t]
         producer, consumer = data.get("x-producer", "?"), data.get("x-consumer")
+        queried = data.get("x-delivery") == "query"  # transient, on the query exchange
+        on = {"name": QUERY_EXCHANGE, "type": "direct"} if queried else {"name": exchange, "type": "topic"}
         channels[t] = {
-            "description": f"Routing key {t} on exchange {exchange}",
+            "description": f"Routing key {t} on exchange {on['name']}"
+                           + (" (transient request–reply: never on disk)" if queried else ""),
             "bindings": {"amqp": {"is": "routingKey", "bindingVersion": "0.2.0",
-                                  "exchange": {"name": exchange, "type": "topic", "durable": True,
-                                               "autoDelete": False}}},
+                                  "exchange": {**on, "durable": True, "autoDelete": False}}},
             # AsyncAPI 2.x: `subscribe` = what a reader of this document can receive
             "subscribe": {"operationId": "receive_" + t.replace(".", "_"),
                           "summary": f"from {producer}" + (f", consumed by {consumer}" if consumer else ""),
@@ -122,7 +166,8 @@ def asyncapi(exchange: str) -> dict:
         }
         messages[t] = {"name": t, "title": t, "summary": data.get("description", ""),
                        "contentType": "application/json", "payload": _component(t),
-                       "bindings": {"amqp": {"messageType": t, "deliveryMode": 2, "bindingVersion": "0.2.0"}}}
+                       "bindings": {"amqp": {"messageType": t, "deliveryMode": 1 if queried else 2,
+                                             "bindingVersion": "0.2.0"}}}
     return {"asyncapi": "2.6.0",
             "info": {"title": "Spotter events", "version": VERSION,
                      "description": "Every event is an envelope (message_id = client_generated_id, "

@@ -77,10 +77,10 @@ class Publisher:
     """Publishes with mandatory and publisher confirms; reconnects with growing backoff."""
 
     def __init__(self, url: str, name: str = "spotter-ingress", heartbeat_s: int = 30,
-                 blocked_timeout_s: float = 10.0, declare_exchange: str | None = None):
+                 blocked_timeout_s: float = 10.0, declare_exchanges: tuple[tuple[str, str], ...] = ()):
         self._params = broker.parameters(url, heartbeat_s=heartbeat_s,
                                          blocked_timeout_s=blocked_timeout_s, client_name=name)
-        self._declare_exchange = declare_exchange
+        self._declare_exchanges = declare_exchanges  # (name, type): what we publish to
         self.pid = os.getpid()  # a pika connection must never cross a fork
         self._lock = threading.Lock()      # guards _inbox, _ready and _blocked
         self._inbox: list[tuple[Message, Future]] = []
@@ -189,13 +189,17 @@ class Publisher:
     def _on_confirm_select_ok(self, _frame) -> None:
         # direct reply-to: consume the pseudo-queue (no ack) before publishing with reply_to
         self._channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-        if self._declare_exchange:
-            # Same declaration as the topology: publishing to a missing exchange would close the
-            # channel (404) on every request; an existing exchange with no queue gives a clean 422.
-            self._channel.exchange_declare(self._declare_exchange, exchange_type="topic", durable=True,
-                                           callback=lambda _f: self._mark_ready())
-        else:
+        self._declare_next(list(self._declare_exchanges))
+
+    def _declare_next(self, exchanges: list[tuple[str, str]]) -> None:
+        # Same declarations as the topology: publishing to a missing exchange would close the
+        # channel (404) on every request; an existing exchange with no queue gives a clean 422.
+        if not exchanges:
             self._mark_ready()
+            return
+        (name, kind), rest = exchanges[0], exchanges[1:]
+        self._channel.exchange_declare(name, exchange_type=kind, durable=True,
+                                       callback=lambda _f: self._declare_next(rest))
 
     def _mark_ready(self) -> None:
         self._backoff.reset()

@@ -25,6 +25,7 @@ from shared.handler import WorkerSpec
 from shared.logging import log, write_lines
 from shared.processor import DEAD, DUPLICATE, PROCESSED, RETRY, BatchProcessor, DatabaseUnavailable, Delivery, Verdict
 from shared.publisher import BatchPublisher, Message
+from shared.queries import QueryServer
 
 _OUTCOME_MSG = {PROCESSED: "event processed", DUPLICATE: "duplicate skipped",
                 RETRY: "event retried", DEAD: "event dead-lettered"}
@@ -32,7 +33,7 @@ _OUTCOME_MSG = {PROCESSED: "event processed", DUPLICATE: "duplicate skipped",
 
 class Consumer:
     def __init__(self, spec: WorkerSpec, config: Config, db_url: str):
-        self.spec, self.config = spec, config
+        self.spec, self.config, self.db_url = spec, config, db_url
         self.names = topology.QueueNames(spec.name)
         self.processor = BatchProcessor(spec, db_url, config.max_clock_skew_s)
         self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-publisher", config.heartbeat_s)
@@ -58,6 +59,7 @@ class Consumer:
                  max_batch=self.max_batch)
         worker_thread = threading.Thread(target=self._process_loop, name="processor", daemon=True)
         worker_thread.start()
+        queries = QueryServer(self.spec, self.config, self.db_url).start() if self.spec.queries else None
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
@@ -80,6 +82,8 @@ class Consumer:
                 self.stopping.wait(delay)
         self._inbox.put(None)
         worker_thread.join(timeout=self.config.drain_timeout_s)
+        if queries is not None:
+            queries.stop()
         self.processor.close()
         self.publisher.close()
         log.info("worker stopped", worker=self.spec.name)

@@ -26,6 +26,19 @@ def data_schemas() -> dict[str, dict]:
             for path in sorted((SCHEMA_DIR / "events").glob("*.json"))}
 
 
+@lru_cache(maxsize=1)
+def query_schemas() -> dict[str, dict]:
+    """query name → the schema of its whole body (`user_id` and `params`); see shared/queries.py."""
+    return {path.name[: -len(".json")]: json.loads(path.read_text())
+            for path in sorted((SCHEMA_DIR / "queries").glob("*.json"))}
+
+
+def request_reply_event_types() -> frozenset[str]:
+    """Client events that travel only on the query path (transient, never on disk): they carry
+    a passcode, or the client needs the answer in its response."""
+    return frozenset(t for t, s in data_schemas().items() if s.get("x-delivery") == "query")
+
+
 def client_event_types() -> frozenset[str]:
     """Event types a client may post; outcome events come only from workers."""
     return frozenset(t for t, s in data_schemas().items() if s.get("x-producer") == "frontend")
@@ -58,6 +71,27 @@ def _field_name(exc: fastjsonschema.JsonSchemaValueException) -> str:
     return ".".join(path) or "event"
 
 
+@lru_cache(maxsize=None)
+def _query_validator(name: str):
+    return fastjsonschema.compile(query_schemas()[name], use_formats=False)
+
+
+def _invalid(exc: fastjsonschema.JsonSchemaValueException) -> InvalidEvent:
+    name = _field_name(exc)
+    message = exc.message.replace(exc.name, name, 1) if exc.name else exc.message
+    return InvalidEvent(message, field=name)
+
+
+def validate_query(name: str, body) -> None:
+    """Raise InvalidEvent naming the failing field, or UnknownEventType for an unknown query."""
+    if name not in query_schemas():
+        raise UnknownEventType(f"unknown query {name[:64]!r}", field="query")
+    try:
+        _query_validator(name)(body)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise _invalid(exc) from None
+
+
 def validate(event: dict) -> None:
     """Raise InvalidEvent naming the failing field, or UnknownEventType."""
     if not isinstance(event, dict):
@@ -70,6 +104,4 @@ def validate(event: dict) -> None:
     try:
         _validator(event_type)(event)
     except fastjsonschema.JsonSchemaValueException as exc:
-        name = _field_name(exc)
-        message = exc.message.replace(exc.name, name, 1) if exc.name else exc.message
-        raise InvalidEvent(message, field=name) from None
+        raise _invalid(exc) from None

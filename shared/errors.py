@@ -58,3 +58,19 @@ class TransientError(Exception):
     """Might work later (a dependency timed out, a lock was busy): retry with growing delay."""
 
     reason = "transient"
+
+
+class Unauthorized(PermanentError):
+    """A credential (a feed access token) is missing its signature, expired or no longer valid."""
+
+    reason = "unauthorized"
+
+
+class RateLimited(PermanentError):
+    """Too many attempts: try again after `retry_after_s`."""
+
+    reason = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s

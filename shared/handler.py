@@ -11,6 +11,30 @@ from shared.envelope import Envelope, new_event, outcome_id
 
 # A handler may return a dict: the answer sent to a request–reply caller (DESIGN §1).
 Handler = Callable[["Context", Envelope], "dict | None"]
+# A query handler answers a caller who waits (shared/queries.py): a dict, or a Refused.
+QueryHandler = Callable[["Context", "Request"], "dict | Refused"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A query off W.queries: who asks, what, with which (schema-checked) parameters.
+
+    Queries named after an event type (feed.access.attempt) carry that event: `event` is its
+    validated envelope and `params` its data."""
+
+    name: str
+    user_id: str
+    params: dict
+    event: Envelope | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal the handler wants committed with its writes (a denied passcode still counts
+    against the attempt limit); raising a PermanentError instead rolls the writes back."""
+
+    error: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -21,6 +45,8 @@ class WorkerSpec:
     database: str
     handlers: Mapping[str, Handler]
     description: str = ""
+    queries: Mapping[str, QueryHandler] = field(default_factory=dict)  # answered off W.queries
+    startup: Callable[[], None] | None = None  # checks keys and config; raises RuntimeError to refuse
     prefetch: int | None = None   # overrides PREFETCH (a transcode job takes one at a time)
     max_batch: int | None = None  # messages per transaction; default half the prefetch
 
@@ -88,6 +114,16 @@ class Context:
 
     def write_row(self, statement: Rows, row: tuple) -> None:
         self._rows.setdefault(statement, []).append(row)
+
+    def claim(self, event: Envelope) -> bool:
+        """The idempotency key, for handlers on the query path (the batch path claims its own):
+        True the first time, False for a duplicate; IdempotencyConflict otherwise."""
+        from shared.processor import DEAD, claim_keys  # the processor builds on this module
+        self.flush()
+        claimed, verdicts = claim_keys(self.conn, self.worker, [(None, event)])
+        if verdicts and verdicts[0].outcome == DEAD:
+            raise verdicts[0].error
+        return bool(claimed)
 
     def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:
         """Queue an outcome event; its id derives from the cause so a replay emits the same id."""

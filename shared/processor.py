@@ -111,7 +111,7 @@ class BatchProcessor:
         conn = self.connection()
         ctx = Context(conn, self.spec.name, self.prepared)
         try:
-            claimed, verdicts = self._claim(conn, items)
+            claimed, verdicts = claim_keys(conn, self.spec.name, items)
             replies = [self.spec.handlers[event.event_type](ctx, event) for _, event in claimed]
             ctx.flush()
             conn.commit()
@@ -134,42 +134,43 @@ class BatchProcessor:
             os._exit(70)
         return verdicts + [Verdict(d, PROCESSED, e, reply=r) for (d, e), r in zip(claimed, replies)], ctx.outbox
 
-    def _claim(self, conn, items):
-        """Insert every idempotency key in one statement; the ones already there are duplicates
-        (same user and payload) or conflicts (anything else)."""
-        first: dict[str, Envelope] = {}
-        unique, verdicts = [], []
-        for d, e in items:
-            seen = first.get(e.id)
-            if seen is None:
-                first[e.id] = e
-                unique.append((d, e))
-            elif seen.user_id == e.user_id and seen.payload_hash == e.payload_hash:
-                verdicts.append(Verdict(d, DUPLICATE, e))
-            else:
-                verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
-                    f"client_generated_id {e.id} reused with another user or payload")))
-        with conn.cursor() as cur:
-            rows = execute_values(
-                cur, "INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, "
-                     "payload_hash) VALUES %s ON CONFLICT DO NOTHING RETURNING client_generated_id::text",
-                [(self.spec.name, e.id, e.user_id, e.event_type, e.payload_hash) for _, e in unique],
-                page_size=len(unique) or 1, fetch=True)
-            fresh = {r[0] for r in rows}
-            taken = [e.id for _, e in unique if e.id not in fresh]
-            existing = {}
-            if taken:
-                cur.execute("SELECT client_generated_id::text, user_id::text, payload_hash FROM idempotency_keys "
-                            "WHERE consumer = %s AND client_generated_id = ANY(%s::uuid[])",
-                            (self.spec.name, taken))
-                existing = {r[0]: (r[1], bytes(r[2])) for r in cur.fetchall()}
-        claimed = []
-        for d, e in unique:
-            if e.id in fresh:
-                claimed.append((d, e))
-            elif existing.get(e.id) == (e.user_id, e.payload_hash):
-                verdicts.append(Verdict(d, DUPLICATE, e))
-            else:
-                verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
-                    f"client_generated_id {e.id} was already used with another user or payload")))
-        return claimed, verdicts
+
+def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]]):
+    """Insert every idempotency key in one statement; the ones already there are duplicates
+    (same user and payload) or conflicts (anything else)."""
+    first: dict[str, Envelope] = {}
+    unique, verdicts = [], []
+    for d, e in items:
+        seen = first.get(e.id)
+        if seen is None:
+            first[e.id] = e
+            unique.append((d, e))
+        elif seen.user_id == e.user_id and seen.payload_hash == e.payload_hash:
+            verdicts.append(Verdict(d, DUPLICATE, e))
+        else:
+            verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
+                f"client_generated_id {e.id} reused with another user or payload")))
+    with conn.cursor() as cur:
+        rows = execute_values(
+            cur, "INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, "
+                 "payload_hash) VALUES %s ON CONFLICT DO NOTHING RETURNING client_generated_id::text",
+            [(consumer, e.id, e.user_id, e.event_type, e.payload_hash) for _, e in unique],
+            page_size=len(unique) or 1, fetch=True)
+        fresh = {r[0] for r in rows}
+        taken = [e.id for _, e in unique if e.id not in fresh]
+        existing = {}
+        if taken:
+            cur.execute("SELECT client_generated_id::text, user_id::text, payload_hash FROM idempotency_keys "
+                        "WHERE consumer = %s AND client_generated_id = ANY(%s::uuid[])",
+                        (consumer, taken))
+            existing = {r[0]: (r[1], bytes(r[2])) for r in cur.fetchall()}
+    claimed = []
+    for d, e in unique:
+        if e.id in fresh:
+            claimed.append((d, e))
+        elif existing.get(e.id) == (e.user_id, e.payload_hash):
+            verdicts.append(Verdict(d, DUPLICATE, e))
+        else:
+            verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
+                f"client_generated_id {e.id} was already used with another user or payload")))
+    return claimed, verdicts

@@ -1,6 +1,7 @@
 """S3-compatible object storage (DigitalOcean Spaces in production) through boto3."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class StorageConfig:
     region: str = "us-east-1"
     max_upload_bytes: int = 500 * MB
     upload_expiry_s: int = 900
-    download_expiry_s: int = 3600
+    download_expiry_s: int = 900
 
     @classmethod
     def from_env(cls) -> "StorageConfig":
@@ -33,7 +34,7 @@ class StorageConfig:
             region=os.environ.get("S3_REGION", "us-east-1"),
             max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", 500 * MB)),
             upload_expiry_s=int(os.environ.get("UPLOAD_URL_EXPIRY_S", 900)),
-            download_expiry_s=int(os.environ.get("DOWNLOAD_URL_EXPIRY_S", 3600)),
+            download_expiry_s=int(os.environ.get("DOWNLOAD_URL_EXPIRY_S", 900)),
         )
 
 
@@ -121,3 +122,10 @@ class Storage:
     def _classify(exc: botocore.exceptions.ClientError) -> Exception:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return StorageUnavailable(str(exc)) if status >= 500 or status in (408, 429) else exc
+
+
+@functools.cache
+def process_storage() -> Storage:
+    """This process's store, from the environment: a boto3 client is costly to build and keeps
+    its connection pool, so every handler shares one."""
+    return Storage(StorageConfig.from_env())

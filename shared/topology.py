@@ -6,12 +6,18 @@ Per worker W:
   W.retry.<n>s  quorum queue with a fixed TTL that dead-letters back to W: one queue per delay
                 because RabbitMQ only expires messages at the head of a queue
   W.dead        where poison messages rest, with reason and attempts in their headers
+  W.queries     classic, non-durable queue bound to app.queries with W's query names: answers
+                a caller is waiting for (reads, passcode checks). Messages are transient and
+                expire (x-message-ttl), nothing is dead-lettered: once nobody waits, it is gone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 DEAD_EXCHANGE = "app.dead"
+QUERY_EXCHANGE = "app.queries"
+QUERY_TTL_MS = 10_000        # longer than any caller waits (the ingress waits 5 s)
+QUERY_MAX_LENGTH = 1_000     # a full queue refuses new queries (the caller answers 503 at once)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,10 @@ class QueueNames:
     @property
     def dead(self) -> str:
         return f"{self.worker}.dead"
+
+    @property
+    def queries(self) -> str:
+        return f"{self.worker}.queries"
 
     def retry(self, delay_s: int) -> str:
         return f"{self.worker}.retry.{delay_s}s"
@@ -45,6 +55,23 @@ def main_queue_arguments(names: QueueNames, delivery_limit: int) -> dict:
 def declare_exchanges(channel, exchange: str) -> None:
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     channel.exchange_declare(DEAD_EXCHANGE, exchange_type="direct", durable=True)
+    channel.exchange_declare(QUERY_EXCHANGE, exchange_type="direct", durable=True)
+
+
+QUERY_QUEUE_ARGUMENTS = {"x-queue-type": "classic", "x-message-ttl": QUERY_TTL_MS,
+                         "x-max-length": QUERY_MAX_LENGTH, "x-overflow": "reject-publish"}
+
+
+def declare_queries(channel, worker: str, query_names, exchange: str) -> QueueNames:
+    """Declare W.queries and bind it to W's query names (no-op for a worker without queries)."""
+    names = QueueNames(worker)
+    if not query_names:
+        return names
+    declare_exchanges(channel, exchange)
+    channel.queue_declare(names.queries, durable=False, arguments=QUERY_QUEUE_ARGUMENTS)
+    for key in sorted(query_names):
+        channel.queue_bind(names.queries, QUERY_EXCHANGE, routing_key=key)
+    return names
 
 
 def declare_worker(channel, worker: str, routing_keys, exchange: str,

@@ -13,6 +13,16 @@ from tests.support import rabbit
 PG = "postgresql://postgres@127.0.0.1:5432/"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_passcode_in_any_log():
+    """DESIGN §6: no passcode used anywhere in the suite appears in any process's log."""
+    yield
+    from tests.support.processes import STARTED
+    from tests.support.secrets import leaked
+    found = {str(p.log_path): leaked(p.text()) for p in STARTED if leaked(p.text())}
+    assert not found, f"passcodes in logs: {found}"
+
+
 @pytest.fixture
 def vhost():
     """URL of a fresh vhost; everything declared in it disappears with it."""
@@ -66,10 +76,18 @@ def jwt_secret():
     return secrets.token_urlsafe(32)
 
 
+@pytest.fixture(scope="session")
+def feed_keys():
+    """(private PEM, public PEM): the settings worker's feed access token key pair."""
+    from shared.feedtokens import generate_keypair
+    return generate_keypair()
+
+
 @pytest.fixture
-def base_env(vhost, jwt_secret):
+def base_env(vhost, jwt_secret, feed_keys):
     """Environment for a worker or ingress process talking to this test's vhost."""
     return {"RABBITMQ_URL": vhost, "JWT_SECRET": jwt_secret, "JWT_ALGORITHM": "HS256",
+            "FEED_TOKEN_PRIVATE_KEY": feed_keys[0], "FEED_TOKEN_PUBLIC_KEY": feed_keys[1],
             "LOG_LEVEL": "INFO", "RETRY_DELAYS_S": "1,2", "MAX_ATTEMPTS": "3",
             "OUTBOX_RELAY_INTERVAL_S": "1", "PYTHONUNBUFFERED": "1"}
 

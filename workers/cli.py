@@ -54,6 +54,12 @@ def run(name: str) -> None:
         log.error("database lacks migrations; run `workers migrate`", worker=name, pending=missing)
         sys.exit(2)
     try:
+        if spec.startup:
+            spec.startup()
+    except RuntimeError as exc:
+        log.error("refusing to start", worker=name, error=str(exc))
+        sys.exit(2)
+    try:
         Consumer(spec, config, url).run()
     except TopologyMismatch as exc:
         log.error("refusing to start", worker=name, error=str(exc))
@@ -111,6 +117,9 @@ def topology() -> None:
         names = t.declare_worker(channel, name, spec.handlers.keys(), config.exchange,
                                  config.delivery_limit, config.retry_delays_s)
         click.echo(f"{names.main}: bound to {', '.join(sorted(spec.handlers))}")
+        if spec.queries:
+            t.declare_queries(channel, name, spec.queries.keys(), config.exchange)
+            click.echo(f"{names.queries}: answers {', '.join(sorted(spec.queries))}")
     connection.close()
 
 

@@ -15,14 +15,24 @@ from workers import WORKERS, load
 
 
 def _ensure_dev_env(env_file: Path) -> None:
-    """First run: a .env with a random development signing key (never committed)."""
-    if os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY"):
-        return
-    secret = secrets.token_urlsafe(32)
-    with env_file.open("a") as f:
-        f.write(f"# written by `workers dev`: development only\nJWT_ALGORITHM=HS256\nJWT_SECRET={secret}\n")
-    os.environ.update(JWT_ALGORITHM="HS256", JWT_SECRET=secret)
-    click.echo(f"wrote a development JWT_SECRET to {env_file}", err=True)
+    """First run: a .env with random development keys (never committed)."""
+    if not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY")):
+        secret = secrets.token_urlsafe(32)
+        with env_file.open("a") as f:
+            f.write(f"# written by `workers dev`: development only\nJWT_ALGORITHM=HS256\nJWT_SECRET={secret}\n")
+        os.environ.update(JWT_ALGORITHM="HS256", JWT_SECRET=secret)
+        click.echo(f"wrote a development JWT_SECRET to {env_file}", err=True)
+    if not os.environ.get("FEED_TOKEN_PRIVATE_KEY"):
+        from shared.feedtokens import generate_keypair
+        private, public = generate_keypair()
+        keys = {"FEED_TOKEN_PRIVATE_KEY": private, "FEED_TOKEN_PUBLIC_KEY": public}
+        with env_file.open("a") as f:  # one line each: PEM newlines as \n escapes
+            f.write("# feed access token keys, written by `workers dev`: development only\n")
+            for name, pem in keys.items():
+                escaped = pem.strip().replace("\n", "\\n")
+                f.write(f'{name}="{escaped}"\n')
+        os.environ.update(keys)
+        click.echo(f"wrote development feed access token keys to {env_file}", err=True)
 
 
 def _prepare() -> None:
@@ -39,8 +49,10 @@ def _prepare() -> None:
     connection = broker.connect(config.rabbitmq_url, client_name="workers-dev")
     channel = connection.channel()
     for name in sorted(WORKERS):
-        topology.declare_worker(channel, name, load(name).handlers.keys(), config.exchange,
+        spec = load(name)
+        topology.declare_worker(channel, name, spec.handlers.keys(), config.exchange,
                                 config.delivery_limit, config.retry_delays_s)
+        topology.declare_queries(channel, name, spec.queries.keys(), config.exchange)
     connection.close()
 
 

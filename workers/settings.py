@@ -5,6 +5,7 @@ import orjson
 
 from shared.envelope import Envelope
 from shared.handler import Context, Prepared, Rows, WorkerSpec
+from workers import feed_access
 
 # The row keeps the version ("<timestamp>/<id>") of the event it holds; an older one never lands.
 # A batch may hold several events of one user: DISTINCT ON keeps its newest.
@@ -50,5 +51,11 @@ HANDLERS = {
     "app.settings.updated": update_app_settings,
 }
 
-WORKER = WorkerSpec(name="settings", database="settings", handlers=HANDLERS,
-                    description="user and app settings")
+# Answered at once to a waiting caller, off settings.queries: these carry a passcode.
+QUERIES = {
+    "feed.visibility.updated": feed_access.update_visibility,
+    "feed.access.attempt": feed_access.attempt_access,
+}
+
+WORKER = WorkerSpec(name="settings", database="settings", handlers=HANDLERS, queries=QUERIES,
+                    startup=feed_access.check_keys, description="user and app settings, feed access")

@@ -19,7 +19,7 @@ from shared.envelope import Envelope
 from shared.errors import Forbidden
 from shared.handler import Context, WorkerSpec
 from shared.logging import log
-from shared.storage import Storage, StorageConfig
+from shared.storage import Storage, process_storage
 from workers.transcoding import job, sandbox
 from workers.transcoding.errors import Rejected
 from workers.transcoding.limits import Limits
@@ -31,7 +31,7 @@ def _runtime() -> tuple[Storage, Limits]:
     limits = Limits.from_env()
     for path in sandbox.sweep_stale(limits.tmpdir):
         log.warning("removed scratch dir of a killed job", path=path)
-    return Storage(StorageConfig.from_env()), limits
+    return process_storage(), limits
 
 
 def transcode_video(ctx: Context, event: Envelope) -> None:

@@ -6,7 +6,6 @@ replicas handle events of the same video, post or comment at once.
 """
 from __future__ import annotations
 
-import functools
 import uuid
 
 import orjson
@@ -15,18 +14,14 @@ from shared.envelope import Envelope, outcome_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, PermanentError
 from shared.handler import Context, WorkerSpec
 from shared.logging import log
-from shared.storage import MB, Storage, StorageConfig
+from shared.storage import MB, process_storage
+from workers import feed_reads
+from workers.feed_reads import can_view
 from workers.video_sql import (COMMENT_AUTHOR, CREATE_POST, DELETE_COMMENT, INSERT_COMMENT, LIKE, LOCK_VIDEO,
                                POST_AND_PARENT, REQUEST_UPLOAD, TARGET_EXISTS, TARGET_OWNER, UNLIKE)
 
 # media.failed codes for what the completion check finds (shared/schemas/events/media.failed.json)
 MISSING, EMPTY, TOO_LARGE, WRONG_TYPE = "source_missing", "not_a_video", "too_large", "content_type_mismatch"
-
-
-@functools.cache
-def _storage() -> Storage:
-    """Once per process: a boto3 client is costly to build and keeps its connection pool."""
-    return Storage(StorageConfig.from_env())
 
 
 def _id(value: str) -> str:
@@ -39,21 +34,12 @@ def source_key(user_id: str, video_id: str) -> str:
     return f"uploads/{user_id}/{video_id}/source"
 
 
-def can_view(cur, viewer: str, owner: str) -> bool:
-    """Whether `viewer` may see `owner`'s feed, so comment on and like its posts.
-
-    Every feed is public for now. Passcode feeds (feed.visibility.changed from the settings
-    worker, feed access tokens) decide here; comments and likes already ask.
-    """
-    return True
-
-
 # ---- uploads --------------------------------------------------------------------------------
 
 def request_upload(ctx: Context, event: Envelope) -> dict:
     data = event.data
     video_id = _id(data["video_id"])
-    storage = _storage()
+    storage = process_storage()
     if data["size_bytes"] > storage.cfg.max_upload_bytes:
         raise InvalidEvent(f"size_bytes {data['size_bytes']} is over the upload limit of "
                            f"{storage.cfg.max_upload_bytes} bytes", field="data.size_bytes")
@@ -84,7 +70,7 @@ def verify_upload(ctx: Context, event: Envelope) -> None:
     status, key, declared_type, _ = _locked_video(cur, video_id, event.user_id)
     if status != "pending_upload":
         return  # completed before: the verdict stands
-    storage = _storage()
+    storage = process_storage()
     stored = storage.head(key)
     problem = _upload_problem(stored, declared_type, storage.cfg.max_upload_bytes)
     if problem is None:
@@ -244,7 +230,15 @@ HANDLERS = {
     "comment.deleted": delete_comment,
     "interaction.liked": like_target,
     "interaction.unliked": unlike_target,
+    "feed.visibility.changed": feed_reads.record_visibility,
+    "feed.access.granted": feed_reads.record_grant,
 }
 
-WORKER = WorkerSpec(name="video", database="video", handlers=HANDLERS,
-                    description="uploads, feed posts, comments and likes")
+# Answered at once to a waiting caller, off video.queries.
+QUERIES = {
+    "feed.posts": feed_reads.read_feed,
+    "post.comments": feed_reads.read_comments,
+}
+
+WORKER = WorkerSpec(name="video", database="video", handlers=HANDLERS, queries=QUERIES,
+                    startup=feed_reads.check_keys, description="uploads, feed posts, comments and likes, feed reads")

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+STARTED: list["Process"] = []  # every process of the session, so its logs can be searched at the end
 
 
 class Process:
@@ -19,6 +20,7 @@ class Process:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=REPO,
                                      stdout=self._log, stderr=subprocess.STDOUT)
+        STARTED.append(self)
 
     def logs(self) -> list[dict]:
         lines = []

@@ -1,6 +1,10 @@
 import pytest
 
+from shared.config import JwtConfig
+from shared.tokens import mint
 from tests.support.processes import workers_cli
+from tests.support.rabbit import wait_for
+from tests.test_end_to_end import _ready, free_port
 
 
 @pytest.fixture
@@ -16,3 +20,31 @@ def start_worker(base_env):
     yield start
     for proc in started:
         proc.terminate()
+
+
+@pytest.fixture
+def start_ingress(base_env):
+    """start_ingress() → the port of a running ingress (gunicorn) on this test's vhost."""
+    started = []
+
+    def start(**env) -> int:
+        port = free_port()
+        proc = workers_cli("serve", env={**base_env, "PORT": str(port), **{k: str(v) for k, v in env.items()}})
+        started.append(proc)
+        wait_for(lambda: _ready(port), message="ingress ready")
+        return port
+
+    yield start
+    for proc in started:
+        proc.terminate()
+
+
+@pytest.fixture
+def bearer(jwt_secret):
+    """bearer(user_id) → a bearer token the test ingress accepts."""
+    return lambda user_id: mint(user_id, JwtConfig(secret=jwt_secret))
+
+
+def answering_queries(proc) -> bool:
+    """True once a worker started with start_worker consumes its query queue."""
+    return any(line.get("msg") == "answering queries" for line in proc.logs())

@@ -1,0 +1,2 @@
+DROP TABLE feed_access_limits;
+DROP TABLE feed_visibility;

@@ -1,0 +1,365 @@
+"""Feed access control through the real ingress, settings and video workers, broker, database and S3:
+passcodes, access tokens, reading a feed and its comments, attempt limits, and no passcode ever
+written to a log or a queue."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import jwt
+import pytest
+
+from shared.config import JwtConfig
+from shared.feedtokens import generate_keypair
+from shared.tokens import mint
+from tests.conftest import PG, _drop_database, query
+from tests.support import rabbit
+from tests.support.events import event
+from tests.support.http import call
+from tests.support.processes import run_cli, workers_cli
+from tests.support.rabbit import wait_for
+from tests.support.secrets import leaked, passcode
+from tests.test_end_to_end import _ready, free_port
+
+EVENTS = "/api/v1/notify/events"
+
+
+class Stack:
+    """The ingress, the settings and the video worker on one vhost, with their databases."""
+
+    def __init__(self, env: dict, procs: dict, jwt_secret: str, feed_keys):
+        self.env, self.procs, self.jwt_secret, self.feed_keys = env, procs, jwt_secret, feed_keys
+        self.port = int(env["PORT"])
+        self.settings_db, self.video_db = env["SETTINGS_DATABASE_URL"], env["VIDEO_DATABASE_URL"]
+
+    def token(self, user: str) -> str:
+        return mint(user, JwtConfig(secret=self.jwt_secret))
+
+    def post(self, user: str, event_type: str, data: dict):
+        return call(self.port, "POST", EVENTS, self.token(user), event(event_type, data=data, user_id=user))
+
+    def feed(self, viewer: str, owner: str, feed_token: str | None = None, **params):
+        query_string = "&".join(f"{k}={v}" for k, v in params.items())
+        headers = {"X-Feed-Access-Token": feed_token} if feed_token else None
+        return call(self.port, "GET", f"/api/v1/feeds/{owner}/posts?{query_string}", self.token(viewer),
+                    headers=headers)
+
+    def set_passcode(self, owner: str, code: str | None) -> dict:
+        data = {"mode": "passcode", "passcode": code} if code else {"mode": "public"}
+        status, body, _ = self.post(owner, "feed.visibility.updated", data)
+        assert status == 200, body
+        version = body["result"]["passcode_version"]
+        # the video worker's copy follows through feed.visibility.changed
+        wait_for(lambda: query(self.video_db, "SELECT passcode_version FROM feed_visibility WHERE owner_id = %s",
+                               (owner,)) == [(version,)], message="video worker sees the new mode")
+        return body["result"]
+
+    def attempt(self, viewer: str, owner: str, code: str):
+        return self.post(viewer, "feed.access.attempt", {"feed_owner_id": owner, "passcode": code})
+
+    def access_token(self, viewer: str, owner: str, code: str) -> str:
+        status, body, _ = self.attempt(viewer, owner, code)
+        assert status == 200 and body["result"]["result"] == "granted", body
+        return body["result"]["access_token"]
+
+    def logs(self, name: str) -> list[dict]:
+        return self.procs[name].logs()
+
+
+@pytest.fixture(scope="module")
+def stack(jwt_secret, feed_keys, local_s3):
+    vhost, url = rabbit.create_vhost()
+    databases = {}
+    for domain in ("settings", "video"):
+        name = f"{domain}_test_{uuid.uuid4().hex[:10]}"
+        databases[domain] = PG + name
+    env = {"RABBITMQ_URL": url, "JWT_SECRET": jwt_secret, "JWT_ALGORITHM": "HS256",
+           "FEED_TOKEN_PRIVATE_KEY": feed_keys[0], "FEED_TOKEN_PUBLIC_KEY": feed_keys[1],
+           "SETTINGS_DATABASE_URL": databases["settings"], "VIDEO_DATABASE_URL": databases["video"],
+           "PORT": str(free_port()), "QUERY_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1",
+           **local_s3.env(f"feed-{uuid.uuid4().hex[:12]}")}
+    run_cli("migrate", "settings", "video", "--create", env=env)
+    run_cli("topology", env=env)
+    from shared.storage import Storage, StorageConfig
+    storage = Storage(StorageConfig(env["S3_ENDPOINT_URL"], env["S3_BUCKET"], env["S3_ACCESS_KEY"],
+                                    env["S3_SECRET_KEY"]))
+    storage.ensure_bucket()
+    procs = {"settings": workers_cli("run", "settings", env=env), "video": workers_cli("run", "video", env=env),
+             "ingress": workers_cli("serve", env=env)}
+    stack = Stack(env, procs, jwt_secret, feed_keys)
+    stack.storage = storage
+    try:
+        wait_for(lambda: _ready(stack.port), message="ingress ready")
+        for name in ("settings", "video"):
+            wait_for(lambda: any(l.get("msg") == "answering queries" for l in stack.logs(name)),
+                     message=f"{name} answering queries")
+        yield stack
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        # what the whole module left behind: no passcode in any queue, dead letters included
+        client = rabbit.Rabbit(url)
+        try:
+            for queue in _queues(vhost):
+                for _, body in client.drain(queue):
+                    assert not leaked(body.decode(errors="replace")), f"a passcode rests in {queue}"
+        finally:
+            client.close()
+            rabbit.delete_vhost(vhost)
+            for db in databases.values():
+                _drop_database(db.rsplit("/", 1)[1])
+
+
+def _queues(vhost: str) -> list[str]:
+    import subprocess
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--no-table-headers"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def seed_posts(stack: Stack, owner: str, count: int, start: datetime, with_media: bool = False) -> list[str]:
+    """`count` processed videos on `owner`'s feed, one second apart from `start`; their post ids."""
+    post_ids = []
+    for i in range(count):
+        video_id, post_id = str(uuid.uuid4()), str(uuid.uuid4())
+        prefix = f"media/{owner}/{video_id}/"
+        if with_media:
+            stack.storage.client.put_object(Bucket=stack.env["S3_BUCKET"], Key=prefix + "thumb.jpg",
+                                            Body=b"jpeg-" + video_id.encode(), ContentType="image/jpeg")
+        renditions = json.dumps([{"key": prefix + "720p.mp4", "content_type": "video/mp4", "width": 1280,
+                                  "height": 720, "size_bytes": 1000, "codec": "h264"}])
+        query(stack.video_db, """
+            WITH v AS (INSERT INTO videos (video_id, owner_id, status, source_key, filename, content_type,
+                                           declared_size, caption)
+                       VALUES (%(v)s, %(o)s, 'ready', %(src)s, 'clip.mp4', 'video/mp4', 1000, %(cap)s)),
+                 m AS (INSERT INTO media_metadata (video_id, duration_s, width, height, renditions, thumbnail_key)
+                       VALUES (%(v)s, 3.0, 1280, 720, %(r)s::jsonb, %(thumb)s))
+            INSERT INTO feed_posts (post_id, owner_id, video_id, caption, created_at)
+            VALUES (%(p)s, %(o)s, %(v)s, %(cap)s, %(at)s)""",
+              {"v": video_id, "o": owner, "p": post_id, "src": f"uploads/{owner}/{video_id}/source",
+               "cap": f"set {i}", "r": renditions, "thumb": prefix + "thumb.jpg",
+               "at": start + timedelta(seconds=i)})
+        post_ids.append(post_id)
+    return post_ids
+
+
+def users(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+# ---- passcodes and tokens -------------------------------------------------------------------
+
+def test_passcode_feed_needs_the_right_passcode_and_a_current_token(stack):
+    owner, stranger, other_owner = users(3)
+    posts = seed_posts(stack, owner, 2, datetime.now(timezone.utc) - timedelta(hours=1), with_media=True)
+    code, other_code = passcode(), passcode()
+    # Given the owner protects the feed with a passcode
+    assert stack.set_passcode(owner, code) == {"mode": "passcode", "passcode_version": 1}
+    # A stranger without a token cannot read it
+    status, body, _ = stack.feed(stranger, owner)
+    assert (status, body["error"]) == (403, "forbidden")
+    # A wrong passcode is denied
+    status, body, _ = stack.attempt(stranger, owner, passcode())
+    assert (status, body["error"]) == (403, "access_denied")
+    # The right passcode gives a 24 h token, and the token opens the feed
+    status, body, _ = stack.attempt(stranger, owner, code)
+    assert status == 200 and body["result"]["result"] == "granted", body
+    token = body["result"]["access_token"]
+    expires = datetime.fromisoformat(body["result"]["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(hours=23, minutes=59) < expires - datetime.now(timezone.utc) <= timedelta(hours=24)
+    status, page, _ = stack.feed(stranger, owner, token)
+    assert status == 200, page
+    assert [p["post_id"] for p in page["posts"]] == posts[::-1]  # newest first
+    newest = page["posts"][0]
+    assert newest["caption"] == "set 1" and newest["like_count"] == 0 and newest["comment_count"] == 0
+    # the thumbnail link is a working, signed download of the stored object
+    with urllib.request.urlopen(newest["thumbnail_url"], timeout=10) as response:
+        assert response.read() == b"jpeg-" + newest["video_id"].encode()
+    assert "X-Amz-Signature=" in newest["video_url"]
+    # The owner reads their own feed without a token
+    assert stack.feed(owner, owner)[0] == 200
+    # A token for this feed does not open another passcode feed
+    stack.set_passcode(other_owner, other_code)
+    status, body, _ = stack.feed(stranger, other_owner, token)
+    assert (status, body["error"]) == (403, "forbidden")
+    # When the owner changes the passcode, the old token stops working
+    new_code = passcode()
+    assert stack.set_passcode(owner, new_code)["passcode_version"] == 2
+    status, body, _ = stack.feed(stranger, owner, token)
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert stack.feed(stranger, owner, stack.access_token(stranger, owner, new_code))[0] == 200
+    # The settings database holds a slow salted hash, never the passcode
+    (stored,), = query(stack.settings_db, "SELECT passcode_hash FROM feed_visibility WHERE owner_id = %s", (owner,))
+    assert stored.startswith("scrypt$") and new_code not in stored
+
+
+def test_forged_expired_or_edited_tokens_are_refused_401(stack):
+    owner, viewer = users(2)
+    code = passcode()
+    stack.set_passcode(owner, code)
+    good = stack.access_token(viewer, owner, code)
+    assert stack.feed(viewer, owner, good)[0] == 200
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    private, public = stack.feed_keys
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def hs256_with_public_key(claims) -> str:  # the classic algorithm-confusion forgery
+        head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+        return head + "." + b64(hmac.new(public.encode(), head.encode(), hashlib.sha256).digest())
+
+    other_private, _ = generate_keypair()
+    now = int(time.time())
+    forged = {
+        "expired": jwt.encode({**claims, "iat": now - 90000, "exp": now - 3600}, private, algorithm="EdDSA"),
+        "alg none": b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + payload + ".",
+        "another key": jwt.encode(claims, other_private, algorithm="EdDSA"),
+        "another algorithm": hs256_with_public_key(claims),
+        "edited claims": header + "." + b64(json.dumps({**claims, "passcode_version": 7}).encode()) + "." + signature,
+        "wrong audience": jwt.encode({**claims, "aud": "someone-else"}, private, algorithm="EdDSA"),
+        "no issuer": jwt.encode({k: v for k, v in claims.items() if k != "iss"}, private, algorithm="EdDSA"),
+        "garbage": "not-a-token",
+    }
+    for what, token in forged.items():
+        status, body, _ = stack.feed(viewer, owner, token)
+        assert (status, body["error"]) == (401, "unauthorized"), what
+
+
+def test_sixth_wrong_attempt_is_429_and_computes_no_hash(stack):
+    owner, viewer = users(2)
+    code = passcode()
+    stack.set_passcode(owner, code)
+    for _ in range(5):
+        assert stack.attempt(viewer, owner, passcode())[0] == 403
+    status, body, headers = stack.attempt(viewer, owner, passcode())
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert 0 < int(headers["Retry-After"]) <= 900
+    # even the right passcode waits for the window: the limit comes before any hash
+    assert stack.attempt(viewer, owner, code)[0] == 429
+    attempts = [l for l in stack.logs("settings")
+                if l.get("msg") == "feed access attempt" and l.get("user_id") == viewer]
+    assert [(l["outcome"], l["passcode_checked"]) for l in attempts] == \
+        [("denied", True)] * 5 + [("rate_limited", False)] * 2
+    # another viewer of the same feed is not held back by this one
+    assert stack.attempt(str(uuid.uuid4()), owner, code)[0] == 200
+
+
+def test_public_feed_is_readable_by_any_signed_in_user_and_not_without_a_token(stack):
+    owner, reader = users(2)
+    seed_posts(stack, owner, 3, datetime.now(timezone.utc) - timedelta(minutes=5))
+    status, page, _ = stack.feed(reader, owner, limit=2)
+    assert status == 200 and len(page["posts"]) == 2 and page["next_cursor"]
+    status, body, _ = call(stack.port, "GET", f"/api/v1/feeds/{owner}/posts")
+    assert (status, body["error"]) == (401, "unauthorized")
+    # a public feed needs no passcode: an attempt says so
+    status, body, _ = stack.attempt(reader, owner, passcode())
+    assert status == 200 and body["result"]["result"] == "not_required"
+    status, body, _ = stack.feed(reader, owner, limit=500)
+    assert (status, body["field"]) == (400, "limit")
+    status, body, _ = stack.feed(reader, owner, cursor="bm90LWEtY3Vyc29y")
+    assert (status, body["error"]) == (400, "invalid")
+
+
+def test_pagination_is_stable_while_new_posts_arrive(stack):
+    owner, reader = users(2)
+    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    original = seed_posts(stack, owner, 25, start)
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 10, **({"cursor": cursor} if cursor else {})}
+        status, page, _ = stack.feed(reader, owner, **params)
+        assert status == 200, page
+        seen += [p["post_id"] for p in page["posts"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+        # three new posts arrive between pages, newer than everything
+        seed_posts(stack, owner, 3, datetime.now(timezone.utc) + timedelta(seconds=pages * 10))
+    assert len(seen) == len(set(seen)), "a post was served twice"
+    assert seen == original[::-1], "every original post, newest first, none missing"
+    assert pages == 3
+
+
+# ---- comments -------------------------------------------------------------------------------
+
+def test_comments_come_threaded_and_follow_the_feed_access(stack):
+    owner, fan, stranger = users(3)
+    post_id, = seed_posts(stack, owner, 1, datetime.now(timezone.utc) - timedelta(minutes=1))
+    root, reply, nested, second = (str(uuid.uuid4()) for _ in range(4))
+    for comment_id, parent, body, author in ((root, None, "Great form", fan), (reply, root, "Thanks!", owner),
+                                             (nested, reply, "How many sets?", fan),
+                                             (second, None, "Nice", owner)):
+        status, answer, _ = stack.post(author, "comment.created", {
+            "comment_id": comment_id, "post_id": post_id, "body": body,
+            **({"parent_comment_id": parent} if parent else {})})
+        assert status == 202, answer
+        wait_for(lambda: query(stack.video_db, "SELECT count(*) FROM comments WHERE comment_id = %s",
+                               (comment_id,))[0][0] == 1, message="comment stored")
+    status, page, _ = call(stack.port, "GET", f"/api/v1/posts/{post_id}/comments?limit=1", stack.token(stranger))
+    assert status == 200, page
+    (thread,) = page["comments"]
+    assert (thread["comment_id"], thread["body"]) == (root, "Great form")
+    assert [(r["comment_id"], [n["comment_id"] for n in r["replies"]]) for r in thread["replies"]] == [(reply, [nested])]
+    status, page, _ = call(stack.port, "GET", f"/api/v1/posts/{post_id}/comments?limit=1&cursor={page['next_cursor']}",
+                           stack.token(stranger))
+    assert [c["comment_id"] for c in page["comments"]] == [second] and page["next_cursor"] is None
+    # Once the feed has a passcode, a stranger can neither read nor add comments
+    code = passcode()
+    stack.set_passcode(owner, code)
+    status, body, _ = call(stack.port, "GET", f"/api/v1/posts/{post_id}/comments", stack.token(stranger))
+    assert (status, body["error"]) == (403, "forbidden")
+    refused = str(uuid.uuid4())
+    assert stack.post(stranger, "comment.created", {"comment_id": refused, "post_id": post_id, "body": "hi"})[0] == 202
+    # ...until they give the passcode: the grant reaches the video worker, and the comment lands
+    token = stack.access_token(stranger, owner, code)
+    wait_for(lambda: query(stack.video_db, "SELECT count(*) FROM feed_access_grants WHERE viewer_id = %s",
+                           (stranger,))[0][0] == 1, message="grant recorded")
+    assert call(stack.port, "GET", f"/api/v1/posts/{post_id}/comments", stack.token(stranger),
+                headers={"X-Feed-Access-Token": token})[0] == 200
+    allowed = str(uuid.uuid4())
+    assert stack.post(stranger, "comment.created", {"comment_id": allowed, "post_id": post_id, "body": "hi"})[0] == 202
+    wait_for(lambda: query(stack.video_db, "SELECT count(*) FROM comments WHERE comment_id = %s",
+                           (allowed,))[0][0] == 1, message="granted viewer's comment stored")
+    assert query(stack.video_db, "SELECT count(*) FROM comments WHERE comment_id = %s", (refused,))[0][0] == 0
+    dead = [l for l in stack.logs("video") if l.get("msg") == "event dead-lettered"
+            and l.get("user_id") == stranger]
+    assert [l["reason"] for l in dead] == ["forbidden"]
+
+
+# ---- the query path itself ------------------------------------------------------------------
+
+def test_attempts_travel_alone_and_a_missing_answer_is_504(stack):
+    owner, viewer = users(2)
+    code = passcode()
+    batch = [event("feed.access.attempt", data={"feed_owner_id": owner, "passcode": code}, user_id=viewer),
+             event("app.settings.updated", data={"theme": "dark"}, user_id=viewer)]
+    status, body, _ = call(stack.port, "POST", EVENTS, stack.token(viewer), batch)
+    assert (status, body["error"]) == (422, "send_alone")
+    # A feed whose worker does not answer (stopped): 504 after the bounded wait, and the
+    # query does not linger in the queue once nobody waits for it
+    video = stack.procs["video"]
+    video.terminate()
+    try:
+        started = time.monotonic()
+        status, body, _ = stack.feed(viewer, owner)
+        assert (status, body["error"]) == (504, "timeout")
+        assert time.monotonic() - started < 10
+        client = rabbit.Rabbit(stack.env["RABBITMQ_URL"])
+        try:
+            wait_for(lambda: client.depth("video.queries") == 0, timeout=15, message="expired query dropped")
+        finally:
+            client.close()
+    finally:
+        stack.procs["video"] = workers_cli("run", "video", env=stack.env)
+        wait_for(lambda: any(l.get("msg") == "answering queries" for l in stack.logs("video")),
+                 message="video answering queries again")
+    assert stack.feed(viewer, owner)[0] == 200
