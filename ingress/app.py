@@ -212,8 +212,8 @@ class App:
                 raise Rejected(504, "timeout", f"no answer within {QUERY_TIMEOUT_S:g}s; try again") from None
         finally:
             publisher.forget_reply(correlation_id)
-        if answer.pop("status", None) == "ok":
-            return answer
+        if answer.get("status") == "ok":
+            return answer.get("result") or {}
         error = answer.get("error") or "rejected"
         code = invalid_status if error == "invalid" else _REPLY_ERRORS.get(error, 422)
         retry_after = answer.get("retry_after_s")

@@ -44,6 +44,20 @@ ROUTES = (
     Route("/api/v1/posts/{post_id}/comments", "post.comments", "post_id", feed=True,
           summary="A page of a post's comment threads, oldest first, replies nested; a deleted comment keeps "
                   "its place without its text."),
+    Route("/api/v1/programs", "program.list", None,
+          summary="A page of the caller's programs, newest first, each with its workouts."),
+    Route("/api/v1/programs/{program_id}", "program.get", "program_id", paged=False,
+          summary="One of the caller's programs with its workouts (owner only)."),
+    Route("/api/v1/workout-sessions/{session_id}", "workout_session.get", "session_id", paged=False,
+          summary="One of the caller's workout sessions with its logged sets (owner only)."),
+    Route("/api/v1/conversations/{conversation_id}/messages", "dm.messages", "conversation_id",
+          summary="A page of a conversation's messages, newest first (participants only)."),
+    Route("/api/v1/machines/{machine_id}/notes", "machine.notes", "machine_id", uuid_id=False,
+          summary="A page of the caller's notes on a gym machine, newest first."),
+    Route("/api/v1/equipment-prefs", "equipment.prefs", None, paged=False,
+          summary="The caller's equipment preferences."),
+    Route("/api/v1/ai/prompts/{prompt_id}", "ai.prompt.get", "prompt_id", paged=False,
+          summary="One of the caller's AI prompts with its status and answer (owner only)."),
 )
 
 

@@ -21,6 +21,7 @@ import pika
 from shared import broker, outbox, topology
 from shared.backoff import Backoff
 from shared.config import Config
+from shared.errors import describe, safe_message
 from shared.handler import WorkerSpec
 from shared.logging import log, write_lines
 from shared.processor import DEAD, DUPLICATE, PROCESSED, RETRY, BatchProcessor, DatabaseUnavailable, Delivery, Verdict
@@ -219,7 +220,7 @@ class Consumer:
                 body = {"status": "duplicate"}
             else:
                 body = {"status": "error", "error": v.reason or getattr(v.error, "reason", "failed"),
-                        "detail": str(v.error)[:300], "field": getattr(v.error, "field", None)}
+                        "detail": safe_message(v.error)[:300], "field": getattr(v.error, "field", None)}
             messages.append(Message("", props.reply_to, orjson.dumps(body), pika.BasicProperties(
                 content_type="application/json", correlation_id=props.correlation_id, delivery_mode=1)))
         if messages:
@@ -232,18 +233,18 @@ class Consumer:
         d, exc = verdict.delivery, verdict.error
         attempt = d.attempt
         if verdict.outcome == RETRY and attempt >= self.config.max_attempts:
-            verdict.outcome, reason = DEAD, "retries_exhausted"
+            verdict.outcome, reason = DEAD, getattr(exc, "exhausted_reason", "retries_exhausted")
         else:
             reason = getattr(exc, "reason", None) or ("rejected_by_database" if verdict.outcome == DEAD else "transient")
         headers = dict(d.properties.headers or {})
-        headers.update({"x-attempts": attempt, "x-last-error": f"{type(exc).__name__}: {exc}"[:500]})
+        headers.update({"x-attempts": attempt, "x-last-error": describe(exc)[:500]})
         props = d.properties
         if verdict.outcome == RETRY:
             delays = self.config.retry_delays_s
             delay = delays[min(attempt - 1, len(delays) - 1)]
             verdict.retry_in_s = delay
             return Message("", self.names.retry(delay), d.body, _with_headers(verdict, headers), mandatory=True)
-        headers.update({"x-dead-reason": reason, "x-dead-detail": str(exc)[:500],
+        headers.update({"x-dead-reason": reason, "x-dead-detail": safe_message(exc)[:500],
                         "x-dead-exception": type(exc).__name__, "x-dead-worker": self.spec.name,
                         "x-dead-at": datetime.now(timezone.utc).isoformat(),
                         "x-original-routing-key": props.type or d.routing_key})
@@ -285,7 +286,7 @@ class Consumer:
             if v.outcome in (PROCESSED, DUPLICATE):
                 lines.append(("info", _OUTCOME_MSG[v.outcome], fields))
                 continue
-            fields.update(attempt=v.delivery.attempt, error=f"{type(v.error).__name__}: {v.error}"[:300])
+            fields.update(attempt=v.delivery.attempt, error=describe(v.error)[:300])
             if v.outcome == RETRY:
                 lines.append(("warning", _OUTCOME_MSG[v.outcome], {**fields, "retry_in_s": v.retry_in_s}))
             else:

@@ -50,6 +50,11 @@ class Envelope:
         return orjson.dumps(self.to_dict())
 
 
+def canonical_id(value: str) -> str:
+    """A UUID in the one text form ids are stored and compared in (lowercase, hyphenated)."""
+    return str(uuid.UUID(value))
+
+
 def rfc3339(ts: datetime) -> str:
     """A timestamp as events carry it: UTC with a Z."""
     return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -60,6 +60,14 @@ class TransientError(Exception):
     reason = "transient"
 
 
+class NotYet(TransientError):
+    """What the event refers to is not there yet: its create may still be on another replica.
+    Retried with the usual delays; when they run out, dead-lettered as not_found."""
+
+    reason = "not_yet"
+    exhausted_reason = "not_found"
+
+
 class Unauthorized(PermanentError):
     """A credential (a feed access token) is missing its signature, expired or no longer valid."""
 
@@ -74,3 +82,19 @@ class RateLimited(PermanentError):
     def __init__(self, detail: str, retry_after_s: int):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+def safe_message(exc: BaseException) -> str:
+    """An exception's message for logs and dead-letter headers, without what must not leak.
+
+    PostgreSQL's DETAIL ("Failing row contains (…)") quotes the row, so a message body or a
+    prompt would reach logs and headers: only the primary message line is kept."""
+    text = str(exc)
+    if type(exc).__module__.startswith("psycopg2"):
+        text = text.strip().split("\n", 1)[0]
+    return text
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, as safe_message."""
+    return f"{type(exc).__name__}: {safe_message(exc)}"

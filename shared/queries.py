@@ -98,7 +98,7 @@ class QueryServer:
         request, answer = None, None
         try:
             request = self._request(name, body)
-            answer = {"status": "ok", **self._answer(request)}
+            answer = {"status": "ok", "result": self._answer(request)}
         except Refusal as exc:
             answer = {"status": "error", "error": exc.error, "detail": exc.detail}
         except RateLimited as exc:

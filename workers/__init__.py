@@ -6,6 +6,10 @@ import importlib
 from shared.handler import WorkerSpec
 
 WORKERS = {
+    "ai": "workers.ai",
+    "dm": "workers.dm",
+    "machine": "workers.machine",
+    "program": "workers.program",
     "settings": "workers.settings",
     "transcode": "workers.transcode",
     "video": "workers.video",

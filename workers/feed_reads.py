@@ -8,16 +8,14 @@ announced (feed.access.granted) stands in for it.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import uuid
-from datetime import datetime
 
 from shared.envelope import rfc3339
-from shared.errors import Forbidden, InvalidEvent, NotFound, Unauthorized
+from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.feedtokens import FeedTokenConfig, Verifier
 from shared.handler import Context, Request, Rows
+from shared.paging import page
 from shared.storage import process_storage
 
 # Newest passcode_version wins: the settings worker bumps it with every accepted change.
@@ -144,7 +142,7 @@ def read_feed(ctx: Context, request: Request) -> dict:
     owner = str(uuid.UUID(params["owner_id"]))
     cur = ctx.cur
     check_feed_access(cur, request.user_id, owner, params.get("access_token"))
-    rows, next_cursor = _page(cur, FEED_PAGE, AFTER_POST, {"owner": owner}, params)
+    rows, next_cursor = page(cur, FEED_PAGE, AFTER_POST, {"owner": owner}, params)
     storage = process_storage()
     posts = []
     for post_id, video_id, caption, likes, comments, created_at, duration, width, height, renditions, thumb in rows:
@@ -168,7 +166,7 @@ def read_comments(ctx: Context, request: Request) -> dict:
     if row is None:
         raise NotFound(f"post {post_id} does not exist")
     check_feed_access(cur, request.user_id, row[0], params.get("access_token"))
-    roots, next_cursor = _page(cur, THREAD_PAGE, AFTER_THREAD, {"post": post_id}, params)
+    roots, next_cursor = page(cur, THREAD_PAGE, AFTER_THREAD, {"post": post_id}, params)
     threads = [_comment(*r) for r in roots]
     nodes = {c["comment_id"]: c for c in threads}
     if nodes:
@@ -183,31 +181,3 @@ def _comment(comment_id, author_id, body, likes, deleted, created_at) -> dict:
     # a deleted comment keeps its place in the thread, not its words
     return {"comment_id": comment_id, "author_id": author_id, "body": None if deleted else body,
             "deleted": deleted, "like_count": likes, "created_at": rfc3339(created_at), "replies": []}
-
-
-def _page(cur, sql: str, after: str, args: dict, params: dict) -> tuple[list, str | None]:
-    """One page by (created_at, id) keyset: rows and the cursor of the next page, if any."""
-    limit = params["limit"]
-    cursor = params.get("cursor")
-    if cursor:
-        args = {**args, **_decode_cursor(cursor)}
-    cur.execute(sql.format(after=after if cursor else ""), {**args, "limit": limit + 1})
-    rows = cur.fetchall()
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    # every page query selects (id, …, created_at) with created_at at index 5
-    return rows, _encode_cursor(rows[-1][5], rows[-1][0])
-
-
-def _encode_cursor(created_at: datetime, row_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> dict:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ts, row_id = raw.split("|")
-        return {"ts": datetime.fromisoformat(ts), "id": str(uuid.UUID(row_id))}
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidEvent("cursor is not one this API gave out", field="cursor") from None

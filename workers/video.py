@@ -6,11 +6,9 @@ replicas handle events of the same video, post or comment at once.
 """
 from __future__ import annotations
 
-import uuid
-
 import orjson
 
-from shared.envelope import Envelope, outcome_id, rfc3339
+from shared.envelope import Envelope, canonical_id, outcome_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, PermanentError
 from shared.handler import Context, WorkerSpec
 from shared.logging import log
@@ -24,10 +22,6 @@ from workers.video_sql import (COMMENT_AUTHOR, CREATE_POST, DELETE_COMMENT, INSE
 MISSING, EMPTY, TOO_LARGE, WRONG_TYPE = "source_missing", "not_a_video", "too_large", "content_type_mismatch"
 
 
-def _id(value: str) -> str:
-    """Canonical lowercase UUID text: the schemas accept any case, keys and comparisons need one."""
-    return str(uuid.UUID(value))
-
 
 def source_key(user_id: str, video_id: str) -> str:
     """Where the owner's upload goes: chosen here, never by the client, under the user's prefix."""
@@ -38,7 +32,7 @@ def source_key(user_id: str, video_id: str) -> str:
 
 def request_upload(ctx: Context, event: Envelope) -> dict:
     data = event.data
-    video_id = _id(data["video_id"])
+    video_id = canonical_id(data["video_id"])
     storage = process_storage()
     if data["size_bytes"] > storage.cfg.max_upload_bytes:
         raise InvalidEvent(f"size_bytes {data['size_bytes']} is over the upload limit of "
@@ -64,7 +58,7 @@ def request_upload(ctx: Context, event: Envelope) -> dict:
 
 
 def verify_upload(ctx: Context, event: Envelope) -> None:
-    video_id = _id(event.data["video_id"])
+    video_id = canonical_id(event.data["video_id"])
     cur = ctx.cur
     # locked until commit: a second completion or a re-request waits and then sees our verdict
     status, key, declared_type, _ = _locked_video(cur, video_id, event.user_id)
@@ -117,7 +111,7 @@ def _locked_video(cur, video_id: str, user_id: str) -> tuple:
 
 def publish_video(ctx: Context, event: Envelope) -> None:
     data = event.data
-    video_id = _id(data["video_id"])
+    video_id = canonical_id(data["video_id"])
     cur = ctx.cur
     status, _, _, caption = _locked_video(cur, video_id, event.user_id)
     if status in ("ready", "failed"):
@@ -139,7 +133,7 @@ def publish_video(ctx: Context, event: Envelope) -> None:
 
 
 def fail_video(ctx: Context, event: Envelope) -> None:
-    video_id = _id(event.data["video_id"])
+    video_id = canonical_id(event.data["video_id"])
     cur = ctx.cur
     status, *_ = _locked_video(cur, video_id, event.user_id)
     # a post that exists stays; a failed video keeps its first reason (our own media.failed comes back here)
@@ -153,8 +147,8 @@ def fail_video(ctx: Context, event: Envelope) -> None:
 
 def create_comment(ctx: Context, event: Envelope) -> None:
     data = event.data
-    comment_id, post_id = _id(data["comment_id"]), _id(data["post_id"])
-    parent_id = _id(data["parent_comment_id"]) if data.get("parent_comment_id") else None
+    comment_id, post_id = canonical_id(data["comment_id"]), canonical_id(data["post_id"])
+    parent_id = canonical_id(data["parent_comment_id"]) if data.get("parent_comment_id") else None
     cur = ctx.cur
     cur.execute(POST_AND_PARENT, (parent_id, post_id))
     row = cur.fetchone()
@@ -180,7 +174,7 @@ def create_comment(ctx: Context, event: Envelope) -> None:
 
 
 def delete_comment(ctx: Context, event: Envelope) -> None:
-    comment_id = _id(event.data["comment_id"])
+    comment_id = canonical_id(event.data["comment_id"])
     cur = ctx.cur
     # one statement decides: of two concurrent deletes only one sees deleted_at IS NULL
     cur.execute(DELETE_COMMENT, (comment_id, event.user_id))
@@ -196,7 +190,7 @@ def delete_comment(ctx: Context, event: Envelope) -> None:
 
 
 def like_target(ctx: Context, event: Envelope) -> None:
-    target_type, target_id = event.data["target_type"], _id(event.data["target_id"])
+    target_type, target_id = event.data["target_type"], canonical_id(event.data["target_id"])
     cur = ctx.cur
     cur.execute(TARGET_OWNER[target_type], (target_id,))
     row = cur.fetchone()
@@ -209,7 +203,7 @@ def like_target(ctx: Context, event: Envelope) -> None:
 
 
 def unlike_target(ctx: Context, event: Envelope) -> None:
-    target_type, target_id = event.data["target_type"], _id(event.data["target_id"])
+    target_type, target_id = event.data["target_type"], canonical_id(event.data["target_id"])
     cur = ctx.cur
     # the counter moves only if a like was really removed
     cur.execute(UNLIKE[target_type], (event.user_id, target_id))

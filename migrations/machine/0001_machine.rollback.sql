@@ -1,0 +1,2 @@
+DROP TABLE equipment_prefs;
+DROP TABLE machine_notes;

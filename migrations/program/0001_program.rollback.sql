@@ -1,0 +1,4 @@
+DROP TABLE workout_sets;
+DROP TABLE workout_sessions;
+DROP TABLE workouts;
+DROP TABLE programs;
