@@ -1,4 +1,10 @@
-"""Reading and repairing a worker's dead-letter queue (`workers dlq …`)."""
+"""Reading and repairing a worker's dead-letter queue (`workers dlq …`).
+
+AMQP has no "browse": a peek takes messages with basic_get and holds them unacked on one
+channel; closing the channel puts every one not acked back. That is fine up to a limit (the
+broker keeps them in memory for this channel), so a peek stops at `limit` and says how many it
+left in the queue: run the command again after a replay or purge to reach the rest.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,9 +14,22 @@ import pika
 
 from shared.topology import QueueNames
 
+DEFAULT_LIMIT = 10_000
+
+# What the runtime and the broker add when a message dies; a replayed message starts clean
+# (its attempt count included), and only says how often it was replayed.
 _DEAD_HEADERS = ("x-dead-reason", "x-dead-detail", "x-dead-exception", "x-dead-worker", "x-dead-at",
                  "x-dead-field", "x-last-error", "x-attempts", "x-death", "x-first-death-exchange",
-                 "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-original-routing-key")
+                 "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-original-routing-key",
+                 "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+
+
+class ReplayStopped(Exception):
+    """The broker refused a republish (queue full, unroutable): `done` went through, the rest stay."""
+
+    def __init__(self, done: int, error: str):
+        super().__init__(f"stopped after {done} message(s): {error}")
+        self.done = done
 
 
 @dataclass
@@ -24,61 +43,106 @@ class DeadLetter:
         return self.properties.headers or {}
 
     @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id
+
+    @property
     def reason(self) -> str:
         # our own dead letters say why; the broker's (delivery limit) carry x-first-death-reason
-        return str(self.headers.get("x-dead-reason") or self.headers.get("x-first-death-reason") or "unknown")
+        return _text(self.headers.get("x-dead-reason") or self.headers.get("x-first-death-reason") or "unknown")
 
     @property
     def event_type(self) -> str:
         return self.properties.type or "?"
 
     def summary(self) -> dict:
-        return {"message_id": self.properties.message_id, "event_type": self.event_type,
-                "reason": self.reason, "detail": self.headers.get("x-dead-detail"),
-                "field": self.headers.get("x-dead-field"), "attempts": self.headers.get("x-attempts"),
-                "dead_at": self.headers.get("x-dead-at")}
+        h = self.headers
+        return {"message_id": self.message_id, "event_type": self.event_type, "reason": self.reason,
+                "detail": _text(h.get("x-dead-detail")), "field": _text(h.get("x-dead-field")),
+                "attempts": h.get("x-attempts"), "replayed": h.get("x-replayed", 0),
+                "dead_at": _text(h.get("x-dead-at"))}
+
+
+def _text(value):
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def select(letters: list[DeadLetter], message_id=None, reason=None, event_type=None) -> list[DeadLetter]:
+    """Those matching every selector given (none given: all)."""
+    return [d for d in letters
+            if (not message_id or d.message_id == message_id)
+            and (not reason or d.reason == reason) and (not event_type or d.event_type == event_type)]
 
 
 class DeadLetterQueue:
-    """Peeks hold messages unacked on one channel; closing without ack puts them back in order."""
+    """Peeks hold messages unacked on one channel; closing without ack puts them back."""
 
     def __init__(self, connection: pika.BlockingConnection, worker: str):
         self.names = QueueNames(worker)
         self.connection = connection
         self.channel = connection.channel()
+        self._confirming = False
+        self.total = 0  # messages in W.dead when opened (set by the caller with depth())
 
-    def peek(self, limit: int = 10_000) -> list[DeadLetter]:
+    def depth(self) -> int:
+        """Messages waiting in W.dead (those this channel holds not included)."""
+        channel = self.connection.channel()
+        try:
+            return channel.queue_declare(self.names.dead, passive=True).method.message_count
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    def peek(self, limit: int = DEFAULT_LIMIT, message_id: str | None = None) -> list[DeadLetter]:
+        """Up to `limit` messages, held unacked; with `message_id`, stop at that one."""
         letters = []
         while len(letters) < limit:
             method, props, body = self.channel.basic_get(self.names.dead, auto_ack=False)
             if method is None:
                 break
             letters.append(DeadLetter(method.delivery_tag, props, body))
+            if message_id and props.message_id == message_id:
+                break
         return letters
 
-    def groups(self, letters: list[DeadLetter]) -> Counter:
+    @staticmethod
+    def groups(letters: list[DeadLetter]) -> Counter:
         return Counter((d.reason, d.event_type) for d in letters)
 
     def replay(self, letters: list[DeadLetter]) -> int:
-        """Send back to the worker's own queue (not the exchange: other workers already have it)."""
-        self.channel.tx_select()
+        """Send back to the worker's own queue (not the exchange: other workers already have it).
+
+        Each dead letter is acked only once the broker confirmed its republish, so a failure
+        midway loses nothing; at worst one message exists twice, which idempotency absorbs."""
+        if not self._confirming:
+            self.channel.confirm_delivery()
+            self._confirming = True
+        done = 0
         for d in letters:
-            headers = {k: v for k, v in d.headers.items() if k not in _DEAD_HEADERS}
-            headers["x-replayed"] = int(d.headers.get("x-replayed", 0)) + 1
-            props = pika.BasicProperties(content_type=d.properties.content_type, delivery_mode=2,
-                                         message_id=d.properties.message_id, type=d.properties.type,
-                                         timestamp=d.properties.timestamp, headers=headers)
-            self.channel.basic_publish("", self.names.main, d.body, props)
+            try:
+                self.channel.basic_publish("", self.names.main, d.body, replay_properties(d), mandatory=True)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                raise ReplayStopped(done, f"{type(exc).__name__}: the broker did not take the message "
+                                          f"for {self.names.main!r} (missing or full?)") from None
             self.channel.basic_ack(d.delivery_tag)
-        self.channel.tx_commit()
-        return len(letters)
+            done += 1
+        return done
 
     def purge(self, letters: list[DeadLetter]) -> int:
         for d in letters:
             self.channel.basic_ack(d.delivery_tag)
         return len(letters)
 
-    def release(self) -> None:
+    def close(self) -> None:
         """Put back everything peeked and not acked."""
-        if self.channel.is_open:
-            self.channel.close()
+        if self.connection.is_open:
+            self.connection.close()
+
+
+def replay_properties(d: DeadLetter) -> pika.BasicProperties:
+    headers = {k: v for k, v in d.headers.items() if k not in _DEAD_HEADERS}
+    headers["x-replayed"] = int(d.headers.get("x-replayed", 0)) + 1
+    p = d.properties
+    return pika.BasicProperties(content_type=p.content_type, content_encoding=p.content_encoding, delivery_mode=2,
+                                message_id=p.message_id, type=p.type, timestamp=p.timestamp,
+                                correlation_id=p.correlation_id, app_id=p.app_id, headers=headers)

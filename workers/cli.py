@@ -37,7 +37,7 @@ def run(name: str) -> None:
     from shared.consumer import Consumer
     from shared.logging import setup_logging
 
-    from shared import migrate
+    from shared import preflight
     from shared.logging import log
     from shared.topology import TopologyMismatch
 
@@ -46,12 +46,16 @@ def run(name: str) -> None:
     spec = load(name)
     url = database_url(spec.database)
     try:
-        missing = migrate.pending(spec.database, url)
-    except Exception as exc:  # unreachable now: the runtime holds work and reconnects later
-        log.warning("could not check migrations", worker=name, error=str(exc).strip()[:200])
-        missing = []
-    if missing:
-        log.error("database lacks migrations; run `workers migrate`", worker=name, pending=missing)
+        preflight.check_migrations(spec.database, url)
+    except preflight.Refusal as exc:
+        log.error("refusing to start: database lacks migrations", worker=name, database=spec.database,
+                  error=str(exc), fix=exc.fix)
+        sys.exit(2)
+    try:
+        preflight.check_queue(config.rabbitmq_url, name, spec.handlers.keys(), config.exchange,
+                              config.delivery_limit, config.retry_delays_s)
+    except preflight.Refusal as exc:
+        log.error("refusing to start", worker=name, queue=name, error=str(exc), fix=exc.fix)
         sys.exit(2)
     try:
         if spec.startup:
@@ -62,7 +66,8 @@ def run(name: str) -> None:
     try:
         Consumer(spec, config, url).run()
     except TopologyMismatch as exc:
-        log.error("refusing to start", worker=name, error=str(exc))
+        log.error("refusing to start", worker=name, queue=name, error=str(exc),
+                  fix="drain and delete the queue, then run `workers topology` to recreate it")
         sys.exit(2)
 
 
@@ -171,51 +176,102 @@ def token(user_id, ttl) -> None:
 
 @main.group()
 def dlq() -> None:
-    """Dead letters: list, show, replay, purge."""
+    """Dead letters: list, show, replay, purge.
+
+    A peek holds dead letters unacked on one channel until the command ends (then they go back):
+    fine up to --limit messages (default 10000); beyond it, the command says how many it did not
+    reach, and a second run after a replay or purge gets to them."""
 
 
 def _dead_letter_queue(worker):
     from shared import broker
     from shared.deadletters import DeadLetterQueue
 
-    return DeadLetterQueue(broker.connect(_config().rabbitmq_url, client_name="workers-dlq"), worker)
+    try:
+        q = DeadLetterQueue(broker.connect(_config().rabbitmq_url, client_name="workers-dlq"), worker)
+        q.total = q.depth()
+    except broker.CONNECTION_ERRORS as exc:
+        raise click.ClickException(f"cannot read {worker}.dead: {type(exc).__name__} {exc} "
+                                   "(broker down, or no topology: run `workers topology`)") from None
+    return q
 
 
-def _select(letters, message_id, reason, event_type, everything):
+def _selectors(fn):
+    for option in reversed([
+            click.option("--id", "message_id", help="The message with this message_id."),
+            click.option("--reason", help="Every message dead-lettered for this reason (e.g. not_found)."),
+            click.option("--event-type", help="Every message of this event type."),
+            click.option("--all", "everything", is_flag=True, help="Everything (combine with nothing else)."),
+            click.option("--limit", default=10_000, show_default=True, help="Peek at most this many.")]):
+        fn = option(fn)
+    return fn
+
+
+def _chosen(q, message_id, reason, event_type, everything, limit):
+    from shared.deadletters import select
+
     if not (message_id or reason or event_type or everything):
         raise click.UsageError("choose what: --id, --reason, --event-type or --all")
-    return [d for d in letters
-            if (not message_id or d.properties.message_id == message_id)
-            and (not reason or d.reason == reason) and (not event_type or d.event_type == event_type)]
+    if everything and (message_id or reason or event_type):
+        raise click.UsageError("--all takes no other selector")
+    letters = q.peek(limit, message_id=message_id)
+    _left_behind(q, letters)
+    return select(letters, message_id, reason, event_type)
+
+
+def _left_behind(q, letters) -> None:
+    if q.total > len(letters):
+        click.echo(f"note: {q.total - len(letters)} more dead letter(s) beyond the {len(letters)} read "
+                   f"(--limit); run again to reach them", err=True)
 
 
 @dlq.command("list")
 @click.argument("worker", type=click.Choice(sorted(WORKERS)))
-def dlq_list(worker) -> None:
-    """Dead letters of WORKER grouped by reason and event type."""
+@click.option("--first", default=20, show_default=True, help="How many messages to list after the groups.")
+@click.option("--limit", default=10_000, show_default=True, help="Peek at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def dlq_list(worker, first, limit, as_json) -> None:
+    """Dead letters of WORKER grouped by reason and event type, then the first few."""
+    import orjson
+
     q = _dead_letter_queue(worker)
-    letters = q.peek()
-    click.echo(f"{q.names.dead}: {len(letters)} message(s)")
-    for (reason, event_type), count in sorted(q.groups(letters).items()):
+    try:
+        letters = q.peek(limit)
+    finally:
+        q.close()
+    groups = sorted(q.groups(letters).items(), key=lambda kv: (-kv[1], kv[0]))
+    _left_behind(q, letters)
+    if as_json:
+        click.echo(orjson.dumps({
+            "queue": q.names.dead, "total": q.total, "read": len(letters), "truncated": q.total > len(letters),
+            "groups": [{"reason": r, "event_type": t, "count": n} for (r, t), n in groups],
+            "messages": [d.summary() for d in letters[:first]]}, option=orjson.OPT_INDENT_2, default=str).decode())
+        return
+    click.echo(f"{q.names.dead}: {q.total} message(s)")
+    for (reason, event_type), count in groups:
         click.echo(f"  {count:6d}  {reason:24s} {event_type}")
-    for d in letters[:20]:
+    for d in letters[:first]:
         s = d.summary()
         click.echo(f"  - {s['message_id']}  {s['event_type']}  {s['reason']}: {s['detail']}")
-    q.connection.close()
+    if len(letters) > first:
+        click.echo(f"  … {len(letters) - first} more (--first)")
 
 
 @dlq.command("show")
 @click.argument("worker", type=click.Choice(sorted(WORKERS)))
 @click.argument("message_id")
-def dlq_show(worker, message_id) -> None:
-    """One dead letter: headers and body."""
+@click.option("--limit", default=10_000, show_default=True, help="Peek at most this many.")
+def dlq_show(worker, message_id, limit) -> None:
+    """One dead letter: summary, headers and body, as JSON."""
     import orjson
 
     q = _dead_letter_queue(worker)
-    found = [d for d in q.peek() if d.properties.message_id == message_id]
-    q.connection.close()
+    try:
+        found = [d for d in q.peek(limit, message_id=message_id) if d.message_id == message_id]
+    finally:
+        q.close()
     if not found:
-        raise click.ClickException(f"no dead letter with message_id {message_id}")
+        raise click.ClickException(f"no dead letter with message_id {message_id} in {q.names.dead}")
     d = found[0]
     click.echo(orjson.dumps({**d.summary(), "headers": d.headers, "body": d.body.decode(errors="replace")},
                             option=orjson.OPT_INDENT_2, default=str).decode())
@@ -223,72 +279,84 @@ def dlq_show(worker, message_id) -> None:
 
 @dlq.command("replay")
 @click.argument("worker", type=click.Choice(sorted(WORKERS)))
-@click.option("--id", "message_id", help="Replay the message with this id.")
-@click.option("--reason", help="Replay every message dead-lettered for this reason.")
-@click.option("--event-type", help="Replay every message of this event type.")
-@click.option("--all", "everything", is_flag=True, help="Replay everything.")
-def dlq_replay(worker, message_id, reason, event_type, everything) -> None:
-    """Send dead letters back to WORKER's queue (idempotency makes this safe)."""
+@_selectors
+def dlq_replay(worker, message_id, reason, event_type, everything, limit) -> None:
+    """Send dead letters back to WORKER's own queue (idempotency makes this safe).
+
+    Dead-letter headers are stripped (attempts start again) and x-replayed counts replays. Each
+    dead letter is removed only after the broker confirmed its republish."""
+    from shared.deadletters import ReplayStopped
+
     q = _dead_letter_queue(worker)
-    chosen = _select(q.peek(), message_id, reason, event_type, everything)
-    click.echo(f"replayed {q.replay(chosen)} message(s) to {q.names.main}")
-    q.connection.close()
+    try:
+        chosen = _chosen(q, message_id, reason, event_type, everything, limit)
+        try:
+            done = q.replay(chosen)
+        except ReplayStopped as exc:
+            raise click.ClickException(f"replayed {exc.done} of {len(chosen)} to {q.names.main}; {exc}; "
+                                       "the rest stay dead-lettered") from None
+    finally:
+        q.close()
+    click.echo(f"replayed {done} message(s) to {q.names.main}")
 
 
 @dlq.command("purge")
 @click.argument("worker", type=click.Choice(sorted(WORKERS)))
-@click.option("--id", "message_id")
-@click.option("--reason")
-@click.option("--event-type")
-@click.option("--all", "everything", is_flag=True)
+@_selectors
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(worker, message_id, reason, event_type, everything, yes) -> None:
-    """Delete dead letters for good."""
+def dlq_purge(worker, message_id, reason, event_type, everything, limit, yes) -> None:
+    """Delete dead letters for good (asks first)."""
     q = _dead_letter_queue(worker)
-    chosen = _select(q.peek(), message_id, reason, event_type, everything)
-    if chosen and not yes:
-        click.confirm(f"delete {len(chosen)} dead letter(s) of {worker} for good?", abort=True)
-    click.echo(f"purged {q.purge(chosen)} message(s)")
-    q.connection.close()
+    try:
+        chosen = _chosen(q, message_id, reason, event_type, everything, limit)
+        if chosen and not yes:
+            groups = ", ".join(f"{n} {r}/{t}" for (r, t), n in sorted(q.groups(chosen).items()))
+            click.confirm(f"delete {len(chosen)} dead letter(s) of {worker} ({groups}) for good?", abort=True)
+        purged = q.purge(chosen)
+    finally:
+        q.close()
+    click.echo(f"purged {purged} message(s)")
 
 
 @main.command()
-def status() -> None:
-    """Per worker: queue depth, consumers, retries, dead letters, outbox backlog."""
-    import psycopg2
-    import pika
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def status(as_json) -> None:
+    """Per worker: ready, unacked, consumers, retrying, dead letters, outbox backlog.
 
-    from shared import broker, outbox
-    from shared.config import database_url
-    from shared.topology import QueueNames
+    Unacked comes from the management API (statistics lag a few seconds); without it, it shows
+    as "?" and a note says why."""
+    import orjson
+
+    from shared import broker
+    from workers.podhealth import outbox_backlog, queue_rows
 
     config = _config()
-    connection = broker.connect(config.rabbitmq_url, client_name="workers-status")
-    for name in sorted(WORKERS):
-        names = QueueNames(name)
-
-        def depth(queue):
-            channel = connection.channel()
-            try:
-                ok = channel.queue_declare(queue, passive=True).method
-                return ok.message_count, ok.consumer_count
-            except pika.exceptions.ChannelClosedByBroker:
-                return None, None
-            finally:
-                if channel.is_open:
-                    channel.close()
-        ready, consumers = depth(names.main)
-        retrying = sum(depth(names.retry(d))[0] or 0 for d in config.retry_delays_s)
-        dead, _ = depth(names.dead)
-        try:
-            conn = psycopg2.connect(database_url(load(name).database, allow_plain=False), connect_timeout=3)
-            backlog = outbox.backlog(conn)
-            conn.close()
-        except psycopg2.Error as exc:
-            backlog = f"unreachable ({str(exc).strip().splitlines()[0]})"
-        click.echo(f"{name:10s} ready={ready} consumers={consumers} retrying={retrying} dead={dead} "
-                   f"outbox_backlog={backlog}")
-    connection.close()
+    try:
+        connection = broker.connect(config.rabbitmq_url, client_name="workers-status")
+    except broker.CONNECTION_ERRORS as exc:
+        raise click.ClickException(f"broker unreachable: {type(exc).__name__}") from None
+    try:
+        rows, note = queue_rows(connection, config.rabbitmq_url, config.retry_delays_s)
+    finally:
+        connection.close()
+    backlogs = {}
+    for row in rows:
+        domain = load(row["worker"]).database
+        if domain not in backlogs:
+            backlogs[domain] = outbox_backlog(domain)
+        row["database"], row["outbox_backlog"] = domain, backlogs[domain]
+    if as_json:
+        click.echo(orjson.dumps({"workers": rows, "note": note}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if note:
+        click.echo(f"note: {note}", err=True)
+    for r in rows:
+        if not r["exists"]:
+            click.echo(f"{r['worker']:10s} queue missing (run `workers topology`) outbox_backlog={r['outbox_backlog']}")
+            continue
+        unacked = "?" if r["unacked"] is None else r["unacked"]
+        click.echo(f"{r['worker']:10s} ready={r['ready']} unacked={unacked} consumers={r['consumers']} "
+                   f"retrying={r['retrying']} dead={r['dead']} outbox_backlog={r['outbox_backlog']}")
 
 
 @main.command()
