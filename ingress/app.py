@@ -14,10 +14,10 @@ from http import HTTPStatus
 import orjson
 import pika
 
-from ingress import batch, documents, reads
+from ingress import batch, documents, metrics, reads
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
-from ingress.publisher import REPLY_TO, UNROUTABLE, PublishError, Publisher
+from ingress.publisher import REPLY_TO, UNROUTABLE, BrokerUnavailable, Nacked, PublishError, Publisher, PublishTimeout
 from shared import broker, contracts
 from shared.config import Config
 from shared.envelope import new_event, outcome_id
@@ -62,6 +62,7 @@ class App:
             documents.EVENTS_PATH: {"POST": self.post_events},
             "/healthz": {"GET": self.healthz},
             "/readyz": {"GET": self.readyz},
+            "/metrics": {"GET": self.scrape},
             **{path: {"GET": self.document} for path in self._documents},
         }
 
@@ -92,9 +93,16 @@ class App:
         started = time.perf_counter()
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         seen = {"user_id": None, "count": None}  # what the log line reports; filled by handlers
-        route, error = path[:200], None
+        route, label, error = path[:200], metrics.UNMATCHED, None
         try:
-            route, handler = self._route(method, path)
+            matched, methods = self._match(path)
+            if methods is None:
+                raise Rejected(404, "not_found", f"no route {path[:100]}")
+            route = label = matched
+            handler = methods.get(method)
+            if handler is None:
+                raise Rejected(405, "method_not_allowed", f"{method} is not allowed here",
+                               headers=(("Allow", ", ".join(methods)),))
             code, payload, headers = handler(environ, seen)
         except Rejected as exc:
             code, payload, headers, error = exc.status, exc.body(), exc.headers, exc.error
@@ -103,28 +111,27 @@ class App:
             error = "internal_error"
             code, payload, headers = 500, {"error": error, "detail": "internal error"}, ()
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))), *headers])
+        if headers and headers[0][0] == "Content-Type":  # a handler's own (only /metrics has one)
+            start_response(_STATUS_LINES[code], [headers[0], ("Content-Length", str(len(body))), *headers[1:]])
+        else:
+            start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))), *headers])
+        metrics.count_request(label, method, code)
         # the shared fast path: loguru's per-call machinery and handler lock cost request threads
         write_lines([("info", "request", {"method": method, "route": route, "status": code, "error": error,
                       "duration_ms": round((time.perf_counter() - started) * 1000, 2), **seen})])
         return [body]
 
-    def _route(self, method: str, path: str):
+    def _match(self, path: str):
+        """(route template, {method: handler}), or (None, None) when no route has this path."""
         if path.startswith(SCHEMA_PREFIX):
-            route, methods = f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
-        elif _VIDEO_COMPLETE.match(path):
-            route, methods = "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
-        elif reads.match(path):
-            route, methods = reads.match(path).route, {"GET": self.read}
-        else:
-            route, methods = path, self._routes.get(path)
-            if methods is None:
-                raise Rejected(404, "not_found", f"no route {path[:100]}")
-        handler = methods.get(method)
-        if handler is None:
-            raise Rejected(405, "method_not_allowed", f"{method} is not allowed here",
-                           headers=(("Allow", ", ".join(methods)),))
-        return route, handler
+            return f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
+        if _VIDEO_COMPLETE.match(path):
+            return "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
+        read = reads.match(path)
+        if read:
+            return read.route, {"GET": self.read}
+        methods = self._routes.get(path)
+        return (path, methods) if methods is not None else (None, None)
 
     # ---- handlers: (environ, seen) -> (status, payload, extra headers) ----------------
     def healthz(self, environ, seen):
@@ -134,6 +141,11 @@ class App:
         if self.publisher().is_ready():
             return 200, {"status": "ready"}, ()
         return 503, {"status": "broker_unavailable"}, ()
+
+    def scrape(self, environ, seen):
+        """Prometheus text: every gunicorn worker process's counts together (ingress/metrics.py)."""
+        body, content_type = metrics.exposition(environ.get("HTTP_ACCEPT"))
+        return 200, body, (("Content-Type", content_type),)
 
     def document(self, environ, seen):
         return 200, self._documents[environ["PATH_INFO"]], ()
@@ -201,9 +213,11 @@ class App:
             try:
                 result, = publisher.confirm([(QUERY_EXCHANGE, name, body, props)], self.config.publish_timeout_s)
             except PublishError as exc:
+                metrics.count_failures(_failure_reason(exc))
                 raise Rejected(503, "broker_unavailable", str(exc),
                                headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
             if result == UNROUTABLE:
+                metrics.count_failures("unroutable")
                 raise Rejected(503, "no_worker", f"no worker answers {name} right now",
                                headers=(("Retry-After", str(RETRY_AFTER_S)),))
             try:
@@ -249,11 +263,13 @@ class App:
         try:
             results = self.publisher().confirm(messages, self.config.publish_timeout_s)
         except PublishError as exc:
+            metrics.count_failures(_failure_reason(exc), len(messages))
             raise Rejected(503, "broker_unavailable", str(exc),
                            headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
         unroutable = sorted({e.event_type for e, r in zip(envelopes, results) if r == UNROUTABLE})
         if unroutable:
             delivered = sum(r != UNROUTABLE for r in results)
+            metrics.count_failures("unroutable", len(results) - delivered)
             raise Rejected(422, "no_consumer", f"no queue takes {', '.join(unroutable)}"
                            + (f"; the other {delivered} event(s) were delivered, re-sending them is safe"
                               if delivered else ""))
@@ -292,6 +308,17 @@ def _compile_validator(event_type: str) -> None:
         contracts.validate({"event_type": event_type})
     except InvalidEvent:
         pass
+
+
+def _failure_reason(exc: PublishError) -> str:
+    """The spotter_publish_failures_total reason of a PublishError."""
+    if isinstance(exc, Nacked):
+        return "nack"
+    if isinstance(exc, PublishTimeout):
+        return "timeout"
+    if isinstance(exc, BrokerUnavailable):
+        return "broker_unavailable"
+    return "error"
 
 
 def _trace_headers(environ) -> dict | None:

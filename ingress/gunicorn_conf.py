@@ -3,9 +3,23 @@
     gunicorn -c ingress/gunicorn_conf.py ingress.app:application
 
 Environment: PORT (8080), WEB_CONCURRENCY worker processes (2), GUNICORN_THREADS per worker (16),
-plus the app's own (RABBITMQ_URL, JWT_*, …; see shared/config.py).
+PROMETHEUS_MULTIPROC_DIR (a fresh directory per master when unset; set it to an emptyDir where
+the root is read-only and /dev/shm is not there), plus the app's own (RABBITMQ_URL, JWT_*, …; see
+shared/config.py).
 """
+import glob
 import os
+import shutil
+import tempfile
+
+# /metrics adds up every worker process's values (ingress/metrics.py). The directory must be
+# known before prometheus_client is first imported, here in the master, before any fork.
+_METRICS_PREFIX = "spotter-ingress-metrics-"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix=_METRICS_PREFIX, dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+
+from prometheus_client import multiprocess  # noqa: E402  (after the directory is set)
 
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -21,6 +35,23 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "warning")
 preload_app = False     # the app (and its broker connection) is built in each worker, after the fork
 worker_tmp_dir = "/dev/shm"  # heartbeat file: not on a disk, and works with a read-only root
+
+
+def on_starting(server):
+    """Counts start at zero with the master: files a previous master left would be added in."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def on_exit(server):
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.path.basename(directory).startswith(_METRICS_PREFIX):  # ours, not an operator's
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """A dead worker's counters stay in the sums; only its live gauges go."""
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

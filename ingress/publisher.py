@@ -25,6 +25,7 @@ from typing import Sequence
 import pika
 from pika.adapters.select_connection import IOLoop
 
+from ingress import metrics
 from shared import broker
 from shared.backoff import Backoff
 from shared.logging import log
@@ -56,11 +57,12 @@ class PublishTimeout(PublishError):
 class _Pending:
     """A published, unconfirmed message: what a basic.return is matched against."""
 
-    __slots__ = ("future", "exchange", "routing_key", "body", "returned")
+    __slots__ = ("future", "exchange", "routing_key", "body", "returned", "sent")
 
-    def __init__(self, future: Future, exchange: str, routing_key: str, body: bytes):
+    def __init__(self, future: Future, exchange: str, routing_key: str, body: bytes, sent: float):
         self.future, self.exchange, self.routing_key, self.body = future, exchange, routing_key, body
         self.returned = False
+        self.sent = sent  # perf_counter() at basic_publish: spotter_publish_seconds
 
 
 def _settle(future: Future, result=None, error: Exception | None = None) -> None:
@@ -211,6 +213,7 @@ class Publisher:
         with self._lock:
             batch, self._inbox = self._inbox, []
         channel = self._channel
+        now = time.perf_counter()  # one clock read per flush: the batch goes out together
         for i, ((exchange, routing_key, body, properties), future) in enumerate(batch):
             if channel is None or not channel.is_open:
                 for _, f in batch[i:]:
@@ -223,7 +226,7 @@ class Publisher:
                     _settle(f, error=BrokerUnavailable(f"publish failed: {exc!r}"))
                 return
             self._seq += 1
-            self._pending[self._seq] = _Pending(future, exchange, routing_key, body)
+            self._pending[self._seq] = _Pending(future, exchange, routing_key, body, now)
 
     def _on_reply(self, _channel, _method, properties, body) -> None:
         with self._lock:
@@ -259,6 +262,7 @@ class Publisher:
     @staticmethod
     def _resolve(entry: _Pending, acked: bool) -> None:
         if acked:
+            metrics.observe_publish(time.perf_counter() - entry.sent)
             _settle(entry.future, UNROUTABLE if entry.returned else CONFIRMED)
         else:
             _settle(entry.future, error=Nacked("the broker refused the message"))

@@ -77,6 +77,8 @@ class Config:
     outbox_relay_interval_s: float = 5.0
     outbox_relay_min_age_s: float = 5.0  # younger rows are still being published by their writer
     drain_timeout_s: float = 25.0        # keep below the pod's termination grace period
+    health_port: int = 8081              # /livez, /readyz, /metrics (shared/health.py); 0: any free port
+    liveness_stale_s: float = 60.0       # /livez fails when the consume loop has not turned for this long
     # ingress
     max_body_bytes: int = 256 * 1024
     max_batch_events: int = 100
@@ -100,6 +102,8 @@ class Config:
             outbox_relay_interval_s=_float("OUTBOX_RELAY_INTERVAL_S", cls.outbox_relay_interval_s),
             outbox_relay_min_age_s=_float("OUTBOX_RELAY_MIN_AGE_S", cls.outbox_relay_min_age_s),
             drain_timeout_s=_float("DRAIN_TIMEOUT_S", cls.drain_timeout_s),
+            health_port=_int("HEALTH_PORT", cls.health_port),
+            liveness_stale_s=_float("LIVENESS_STALE_S", cls.liveness_stale_s),
             max_body_bytes=_int("MAX_BODY_BYTES", cls.max_body_bytes),
             max_batch_events=_int("MAX_BATCH_EVENTS", cls.max_batch_events),
             publish_timeout_s=_float("PUBLISH_TIMEOUT_S", cls.publish_timeout_s),

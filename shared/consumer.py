@@ -5,6 +5,8 @@ to the processing thread in batches and settles (acks) them; it keeps calling in
 heartbeats flow however long a handler runs. The processing thread owns the database
 connection and a publishing connection: it commits a batch, publishes its outbox, republishes
 retries and dead letters, then asks the I/O thread (add_callback_threadsafe) to ack.
+
+A third, shared/health.py's server, answers /livez, /readyz and /metrics on HEALTH_PORT.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter as Tally
 from datetime import datetime, timezone
 from functools import partial
 
@@ -23,7 +26,10 @@ from shared.backoff import Backoff
 from shared.config import Config
 from shared.errors import describe, safe_message
 from shared.handler import WorkerSpec
+from shared.health import DatabaseCheck, HealthServer
 from shared.logging import log, write_lines
+from shared.metrics import ACKED, CONSUMED, DEAD_LETTERED, DUPLICATES, PROCESSED as PROCESSED_TOTAL, REGISTRY, \
+    RETRIED, WorkerMetrics
 from shared.processor import DEAD, DUPLICATE, PROCESSED, RETRY, BatchProcessor, DatabaseUnavailable, Delivery, Verdict
 from shared.publisher import BatchPublisher, Message
 from shared.queries import QueryServer
@@ -49,18 +55,36 @@ class Consumer:
         self._connection = None
         self._channel = None
         self._generation = 0
+        # health and metrics: read by the health server's threads, written by their owners
+        self.metrics = WorkerMetrics(spec.name, spec.handlers, spec.queries)
+        self._in_flight = 0  # I/O thread: delivered on the current channel, not yet settled
+        self.metrics.in_flight.set_function(lambda: self._in_flight)
+        self._turned = time.monotonic()  # I/O thread: when its loop last turned (/livez)
+        self._processor_thread: threading.Thread | None = None
+        self._queries: QueryServer | None = None
+        self._database_check = DatabaseCheck(db_url, f"worker-{spec.name}-health")
 
     # ---- public -------------------------------------------------------------------------
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        worker_thread = self._processor_thread = threading.Thread(target=self._process_loop, name="processor",
+                                                                  daemon=True)
+        worker_thread.start()
+        queries = self._queries = QueryServer(self.spec, self.config, self.db_url, self.metrics).start() \
+            if self.spec.queries else None
+        health = self._start_health()
         log.info("worker starting", worker=self.spec.name, handlers=sorted(self.spec.handlers),
                  queue=self.names.main, bindings=sorted(self.spec.handlers), prefetch=self.prefetch,
-                 max_batch=self.max_batch)
-        worker_thread = threading.Thread(target=self._process_loop, name="processor", daemon=True)
-        worker_thread.start()
-        queries = QueryServer(self.spec, self.config, self.db_url).start() if self.spec.queries else None
+                 max_batch=self.max_batch, health_port=health.port if health else None)
+        try:
+            self._serve(worker_thread, queries)
+        finally:
+            if health is not None:
+                health.stop()
+
+    def _serve(self, worker_thread: threading.Thread, queries: QueryServer | None) -> None:
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
@@ -80,7 +104,7 @@ class Consumer:
                 log.warning("broker unavailable, reconnecting", worker=self.spec.name,
                             error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2),
                             attempt=backoff.attempts)
-                self.stopping.wait(delay)
+                self._wait(delay)
         self._inbox.put(None)
         worker_thread.join(timeout=self.config.drain_timeout_s)
         if queries is not None:
@@ -91,6 +115,50 @@ class Consumer:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    # ---- health (shared/health.py) --------------------------------------------------------
+    def _start_health(self) -> HealthServer | None:
+        try:
+            server = HealthServer(self.config.health_port, self._live, self._ready, REGISTRY).start()
+        except OSError as exc:  # the port is taken (several workers on one host): run without probes
+            log.error("health server could not listen; set HEALTH_PORT", worker=self.spec.name,
+                      health_port=self.config.health_port, error=str(exc))
+            return None
+        log.info("health listening", worker=self.spec.name, health_port=server.port)
+        return server
+
+    def _live(self) -> tuple[bool, dict]:
+        """The consume loop turns (a reconnect wait counts: an outage is readiness's business) and
+        the processing thread lives."""
+        age = time.monotonic() - self._turned
+        loop_ok = age < self.config.liveness_stale_s
+        thread = self._processor_thread
+        processor_ok = thread is not None and thread.is_alive()
+        healthy = loop_ok and processor_ok
+        return healthy, {"status": "ok" if healthy else "unhealthy", "worker": self.spec.name, "checks": {
+            "consume_loop": "ok" if loop_ok else f"stale: last turned {age:.0f}s ago",
+            "processor": "ok" if processor_ok else "not running"}}
+
+    def _ready(self) -> tuple[bool, dict]:
+        """An open channel to consume on (and to answer queries on) and a database that answers."""
+        channel = self._channel
+        broker_ok = channel is not None and channel.is_open
+        broker_state = "ok" if broker_ok else "no open channel"
+        if broker_ok and self._queries is not None and not self._queries.consuming():
+            broker_ok, broker_state = False, "query consumer has no open channel"
+        database_ok, database_state = self._database_check()
+        ready = broker_ok and database_ok
+        return ready, {"status": "ok" if ready else "unavailable", "worker": self.spec.name,
+                       "checks": {"broker": broker_state, "database": database_state}}
+
+    def _wait(self, delay: float) -> None:
+        """Sit out a reconnect delay, turning as we go: waiting for the broker is not hanging."""
+        deadline = time.monotonic() + delay
+        while not self.stopping.is_set():
+            self._turned = now = time.monotonic()
+            if now >= deadline:
+                return
+            self.stopping.wait(min(deadline - now, 1.0))
 
     # ---- I/O thread ---------------------------------------------------------------------
     def _consume(self, backoff: Backoff) -> None:
@@ -108,15 +176,18 @@ class Consumer:
             backoff.reset()
             log.info("consuming", worker=self.spec.name, queue=self.names.main)
             while not self.stopping.is_set():
+                self._turned = time.monotonic()
                 connection.process_data_events(time_limit=0 if self._pending and self._idle.is_set() else 0.2)
                 self._dispatch()
             channel.basic_cancel(tag)  # no new deliveries; finish what we hold
             deadline = time.monotonic() + self.config.drain_timeout_s
             while (self._pending or not self._idle.is_set()) and time.monotonic() < deadline:
+                self._turned = time.monotonic()
                 connection.process_data_events(time_limit=0.1)
                 self._dispatch()
         finally:
             self._channel = None
+            self._in_flight = 0  # the broker requeues whatever this channel held
             if connection.is_open:
                 try:
                     connection.close()
@@ -124,7 +195,9 @@ class Consumer:
                     pass
 
     def _on_message(self, generation, _channel, method, properties, body) -> None:
-        self._pending.append(Delivery(method.delivery_tag, body, properties, method.routing_key, generation))
+        self._in_flight += 1
+        self._pending.append(Delivery(method.delivery_tag, body, properties, method.routing_key, generation,
+                                      self.metrics.event_type(properties.type or method.routing_key)))
 
     def _dispatch(self) -> None:
         if self._pending and self._idle.is_set():
@@ -132,7 +205,8 @@ class Consumer:
             self._idle.clear()
             self._inbox.put(batch)
 
-    def _settle(self, generation: int, ack_upto: int | None, acks: list[int], requeue: list[int]) -> None:
+    def _settle(self, generation: int, ack_upto: int | None, acks: list[int], requeue: list[int],
+                acked: Tally, settled: int) -> None:
         channel = self._channel
         if channel is None or generation != self._generation or not channel.is_open:
             return  # that channel is gone; the broker has requeued its unacked messages
@@ -142,6 +216,8 @@ class Consumer:
             channel.basic_ack(ack_upto, multiple=True)
         for tag in acks:
             channel.basic_ack(tag)
+        self._in_flight -= settled
+        self.metrics.count(ACKED, acked)
 
     # ---- processing thread ----------------------------------------------------------------
     def _process_loop(self) -> None:
@@ -168,6 +244,8 @@ class Consumer:
 
     def _handle(self, batch: list[Delivery]) -> None:
         started = time.perf_counter()
+        types = Tally(d.event_type for d in batch)
+        self.metrics.count(CONSUMED, types)
         backoff = Backoff()
         while True:
             try:
@@ -190,7 +268,9 @@ class Consumer:
         unforwarded = self._forward_failures(verdicts)
         self._send_replies(verdicts)
         self._log(verdicts, duration_ms)
-        self._request_settle(batch, unforwarded)
+        self._count(verdicts, unforwarded)
+        self._request_settle(batch, unforwarded, types)
+        self.metrics.processing.observe(time.perf_counter() - started)
 
     def _forward_failures(self, verdicts: list[Verdict]) -> set[int]:
         """Republish retries to their delay queue and dead letters to W.dead.
@@ -254,14 +334,31 @@ class Consumer:
         verdict.reason = reason
         return Message(topology.DEAD_EXCHANGE, self.spec.name, d.body, _with_headers(verdict, headers), mandatory=True)
 
-    def _request_settle(self, batch: list[Delivery], unforwarded: set[int]) -> None:
+    def _count(self, verdicts: list[Verdict], unforwarded: set[int]) -> None:
+        """Outcomes into the counters; a failure we could not forward is requeued, so not counted."""
+        tallies = {PROCESSED: Tally(), DUPLICATE: Tally(), RETRY: Tally()}
+        dead: dict[str, Tally] = {}
+        for v in verdicts:
+            if v.outcome == DEAD:
+                if v.delivery.tag not in unforwarded:
+                    dead.setdefault(v.reason or "unknown", Tally())[v.delivery.event_type] += 1
+            elif v.outcome != RETRY or v.delivery.tag not in unforwarded:
+                tallies[v.outcome][v.delivery.event_type] += 1
+        self.metrics.count(PROCESSED_TOTAL, tallies[PROCESSED])
+        self.metrics.count(DUPLICATES, tallies[DUPLICATE])
+        self.metrics.count(RETRIED, tallies[RETRY])
+        for reason, tally in dead.items():
+            self.metrics.count(DEAD_LETTERED, tally, reason)
+
+    def _request_settle(self, batch: list[Delivery], unforwarded: set[int], types: Tally) -> None:
         if unforwarded:  # ack the rest one by one; requeue what we could not forward
             ack_upto, acks, requeue = None, [d.tag for d in batch if d.tag not in unforwarded], sorted(unforwarded)
+            types = Tally(d.event_type for d in batch if d.tag not in unforwarded)
         else:  # earlier batches are settled already, so one multiple-ack covers this batch
             ack_upto, acks, requeue = batch[-1].tag, [], []
         try:
             self._connection.add_callback_threadsafe(
-                partial(self._settle, batch[0].generation, ack_upto, acks, requeue))
+                partial(self._settle, batch[0].generation, ack_upto, acks, requeue, types, len(batch)))
         except Exception:
             pass  # connection gone: unacked messages are redelivered, idempotency makes that safe
 
@@ -271,6 +368,7 @@ class Consumer:
                                 self.spec.name, self.config.outbox_relay_min_age_s)
             if sent:
                 log.info("outbox relayed", worker=self.spec.name, events=sent)
+            self.metrics.outbox_backlog.set(outbox.backlog(self.processor.connection()))
         except DatabaseUnavailable:
             pass
         except Exception as exc:

@@ -30,6 +30,7 @@ class Delivery:
     properties: object
     routing_key: str
     generation: int  # which channel delivered it; tags mean nothing on another channel
+    event_type: str = "unknown"  # its metrics label: a type of the handler table, or "unknown"
 
     @property
     def attempt(self) -> int:

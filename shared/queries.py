@@ -23,6 +23,7 @@ from shared.config import Config
 from shared.errors import PermanentError, RateLimited
 from shared.handler import Context, Refused, Request, WorkerSpec
 from shared.logging import log, write_lines
+from shared.metrics import WorkerMetrics
 from shared.publisher import BatchPublisher
 
 MAX_QUERY_BYTES = 16 * 1024
@@ -34,8 +35,9 @@ class Unavailable(Exception):
 
 
 class QueryServer:
-    def __init__(self, spec: WorkerSpec, config: Config, db_url: str):
+    def __init__(self, spec: WorkerSpec, config: Config, db_url: str, metrics: WorkerMetrics | None = None):
         self.spec, self.config, self.db_url = spec, config, db_url
+        self.metrics = metrics or WorkerMetrics(spec.name, spec.handlers, spec.queries)
         self.names = topology.QueueNames(spec.name)
         self.stopping = threading.Event()
         self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-queries-publisher",
@@ -43,11 +45,17 @@ class QueryServer:
         self._conn = None
         self._prepared: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._channel = None  # while consuming: what readiness looks at
 
     def start(self) -> "QueryServer":
         self._thread = threading.Thread(target=self._run, name="queries", daemon=True)
         self._thread.start()
         return self
+
+    def consuming(self) -> bool:
+        """Holding an open channel on the query queue (readiness, shared/health.py)."""
+        channel = self._channel
+        return channel is not None and channel.is_open
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
@@ -80,12 +88,14 @@ class QueryServer:
             topology.declare_queries(channel, self.spec.name, self.spec.queries.keys(), self.config.exchange)
             channel.basic_qos(prefetch_count=QUERY_PREFETCH)
             channel.basic_consume(self.names.queries, self._on_message)
+            self._channel = channel
             backoff.reset()
             log.info("answering queries", worker=self.spec.name, queue=self.names.queries,
                      queries=sorted(self.spec.queries))
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.5)
         finally:
+            self._channel = None
             if connection.is_open:
                 try:
                     connection.close()
@@ -118,6 +128,7 @@ class QueryServer:
             channel.basic_publish("", properties.reply_to, orjson.dumps(answer, default=str), pika.BasicProperties(
                 content_type="application/json", correlation_id=properties.correlation_id, delivery_mode=1))
         channel.basic_ack(method.delivery_tag)
+        self.metrics.count_query(name, "ok" if answer["status"] == "ok" else str(answer.get("error")))
         # the parameters (a passcode, an access token) are never logged; the outcome is
         write_lines([("info", "query answered", {
             "worker": self.spec.name, "query": name, "user_id": request.user_id if request else None,

@@ -11,10 +11,23 @@ from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
 
 
-def free_port() -> int:
+def free_port(span: int = 1) -> int:
+    """A free port; with span, the first of that many consecutive free ports."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + span <= 65536 and all(_bindable(first + i) for i in range(1, span)):
+            return first
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def post(port: int, body, token: str):

@@ -70,6 +70,14 @@ def _start_storage():
     return server
 
 
+def _health_ports() -> dict[str, int]:
+    """One health/metrics port per worker on this host: HEALTH_PORT (default 8081) and up."""
+    first = int(os.environ.get("HEALTH_PORT") or 8081)
+    if first == 0:  # each picks a free port and logs it
+        return {name: 0 for name in sorted(WORKERS)}
+    return {name: first + i for i, name in enumerate(sorted(WORKERS))}
+
+
 def run_dev_stack(port: int | None) -> None:
     _ensure_dev_env(Path(".env"))
     if port:
@@ -78,9 +86,11 @@ def run_dev_stack(port: int | None) -> None:
     storage_server = _start_storage()
     cli = [sys.executable, "-m", "workers"]
     commands = {"ingress": cli + ["serve"], **{name: cli + ["run", name] for name in sorted(WORKERS)}}
-    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
-    click.echo(f"ingress on http://127.0.0.1:{os.environ.get('PORT', '8080')}; workers: "
-               f"{', '.join(sorted(WORKERS))}. Ctrl-C stops all.", err=True)
+    ports = _health_ports()
+    procs = {name: subprocess.Popen(cmd, env={**os.environ, **({"HEALTH_PORT": str(ports[name])} if name in ports else {})})
+             for name, cmd in commands.items()}
+    click.echo(f"ingress on http://127.0.0.1:{os.environ.get('PORT', '8080')}; workers (health and metrics "
+               f"port): {', '.join(f'{n} :{p}' for n, p in ports.items())}. Ctrl-C stops all.", err=True)
     stopping = False
 
     def stop(*_):

@@ -121,8 +121,10 @@ def bench_naive(url: str, db: str, bodies: list[bytes]) -> float:
 
 def bench_worker(url: str, db: str, bodies: list[bytes], prefetch: int) -> float:
     """`workers run settings`, full semantics, one process, against a pre-filled queue."""
+    from shared.feedtokens import generate_keypair
+    private, public = generate_keypair()  # the settings worker refuses to start without its signing key
     env = {**os.environ, "RABBITMQ_URL": url, "SETTINGS_DATABASE_URL": db, "PREFETCH": str(prefetch),
-           "LOG_LEVEL": "INFO"}
+           "LOG_LEVEL": "INFO", "HEALTH_PORT": "0", "FEED_TOKEN_PRIVATE_KEY": private, "FEED_TOKEN_PUBLIC_KEY": public}
     subprocess.run([sys.executable, "-m", "workers", "topology"], env=env, check=True, capture_output=True)
     fill(url, "settings", bodies)
     log = open(os.devnull, "wb")
