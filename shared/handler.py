@@ -6,7 +6,7 @@ from typing import Callable, Mapping
 
 from psycopg2.extras import execute_values
 
-from shared import contracts
+from shared import contracts, db
 from shared.envelope import Envelope, new_event, outcome_id
 
 # A handler may return a dict: the answer sent to a request–reply caller (DESIGN §1).
@@ -143,7 +143,7 @@ class Context:
             groups, self._rows = self._rows, {}
             with self.conn.cursor() as cur:
                 for statement, rows in groups.items():
-                    execute_values(cur, statement.sql, rows, template=statement.template, page_size=len(rows))
+                    db.execute_rows(cur, statement.sql, statement.template, rows)
         if self._unsent_outbox:
             events, self._unsent_outbox = self._unsent_outbox, []
             with self.conn.cursor() as cur:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from psycopg2.extras import execute_values
-
 from shared import db, envelope
 from shared.envelope import Envelope
 from shared.errors import IdempotencyConflict, PermanentError, UnknownEventType
@@ -31,6 +29,7 @@ class Delivery:
     routing_key: str
     generation: int  # which channel delivered it; tags mean nothing on another channel
     event_type: str = "unknown"  # its metrics label: a type of the handler table, or "unknown"
+    parsed: object = None  # BatchProcessor.parse()'s answer when the I/O thread already had it
 
     @property
     def attempt(self) -> int:
@@ -72,19 +71,28 @@ class BatchProcessor:
             self.conn.close()
         self.conn = None
 
+    def parse(self, d: Delivery) -> Envelope | PermanentError:
+        """The delivery's validated envelope, or why it can never be processed. Thread-safe: the
+        consumer calls it on its I/O thread as messages arrive (see Consumer._on_message)."""
+        try:
+            event = envelope.parse(d.body, max_clock_skew_s=self.max_clock_skew_s)
+        except PermanentError as exc:
+            return exc
+        if event.event_type not in self.spec.handlers:
+            return UnknownEventType(f"worker {self.spec.name} has no handler for {event.event_type}",
+                                    field="event_type")
+        return event
+
     def process(self, deliveries: list[Delivery]) -> tuple[list[Verdict], list[Envelope]]:
         """Commit the batch's work; return verdicts in delivery order and outbox events written."""
         verdicts: dict[int, Verdict] = {}
         runnable: list[tuple[Delivery, Envelope]] = []
         for d in deliveries:
-            try:
-                event = envelope.parse(d.body, max_clock_skew_s=self.max_clock_skew_s)
-                if event.event_type not in self.spec.handlers:
-                    raise UnknownEventType(f"worker {self.spec.name} has no handler for {event.event_type}",
-                                           field="event_type")
-                runnable.append((d, event))
-            except PermanentError as exc:
-                verdicts[d.tag] = Verdict(d, DEAD, None, exc)
+            parsed = d.parsed if d.parsed is not None else self.parse(d)
+            if isinstance(parsed, PermanentError):
+                verdicts[d.tag] = Verdict(d, DEAD, None, parsed)
+            else:
+                runnable.append((d, parsed))
         outbox: list[Envelope] = []
         if len(runnable) > 1:
             try:
@@ -136,6 +144,10 @@ class BatchProcessor:
         return verdicts + [Verdict(d, PROCESSED, e, reply=r) for (d, e), r in zip(claimed, replies)], ctx.outbox
 
 
+_CLAIM = ("INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, payload_hash) "
+          "VALUES %s ON CONFLICT DO NOTHING RETURNING client_generated_id::text")
+
+
 def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]]):
     """Insert every idempotency key in one statement; the ones already there are duplicates
     (same user and payload) or conflicts (anything else)."""
@@ -152,11 +164,9 @@ def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]
             verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
                 f"client_generated_id {e.id} reused with another user or payload")))
     with conn.cursor() as cur:
-        rows = execute_values(
-            cur, "INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, "
-                 "payload_hash) VALUES %s ON CONFLICT DO NOTHING RETURNING client_generated_id::text",
-            [(consumer, e.id, e.user_id, e.event_type, e.payload_hash) for _, e in unique],
-            page_size=len(unique) or 1, fetch=True)
+        rows = db.execute_rows(cur, _CLAIM, "(%s, %s::uuid, %s::uuid, %s, decode(%s, 'hex'))",
+                               [(consumer, e.id, e.user_id, e.event_type, e.payload_hash.hex()) for _, e in unique],
+                               fetch=True)
         fresh = {r[0] for r in rows}
         taken = [e.id for _, e in unique if e.id not in fresh]
         existing = {}
