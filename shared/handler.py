@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from psycopg2.extras import execute_values
-
 from shared import contracts, db
 from shared.envelope import Envelope, new_event, outcome_id
 
@@ -147,7 +145,7 @@ class Context:
         if self._unsent_outbox:
             events, self._unsent_outbox = self._unsent_outbox, []
             with self.conn.cursor() as cur:
-                execute_values(cur, "INSERT INTO outbox (id, event_type, body) VALUES %s "
-                               "ON CONFLICT (id) DO NOTHING",
-                               [(e.id, e.event_type, e.to_json()) for e in events], page_size=1000)
+                db.execute_rows(cur, "INSERT INTO outbox (id, event_type, body) VALUES %s ON CONFLICT (id) DO NOTHING",
+                                "(%s::uuid, %s, convert_to(%s, 'UTF8'))",
+                                [(e.id, e.event_type, e.to_json().decode()) for e in events])
             self.outbox.extend(events)

@@ -41,6 +41,8 @@ import psycopg2
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from shared.errors import describe  # libpq's first line: host and port, never the password
+
 # (healthy, body) of one check
 Check = Callable[[], "tuple[bool, dict]"]
 
@@ -68,22 +70,16 @@ class DatabaseCheck:
                                     application_name=self.application_name,
                                     options=f"-c statement_timeout={self.timeout_s * 1000}")
         except Exception as exc:
-            return False, _error(exc)
+            return False, describe(exc)[:200]
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
                 cur.fetchone()
             return True, "ok"
         except Exception as exc:
-            return False, _error(exc)
+            return False, describe(exc)[:200]
         finally:
             conn.close()
-
-
-def _error(exc: BaseException) -> str:
-    """The first line of libpq's message (it names host and port, never the password)."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:200]
 
 
 class HealthServer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg2
 
 from shared import broker, management, migrate, topology
+from shared.errors import describe
 from shared.logging import log
 
 
@@ -31,8 +32,7 @@ def check_migrations(domain: str, url: str) -> None:
     try:
         missing = migrate.pending(domain, url)
     except Exception as exc:
-        log.warning("could not check migrations", database=database_name(url),
-                    error=str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+        log.warning("could not check migrations", database=database_name(url), error=describe(exc)[:200])
         return
     if missing:
         raise Refusal(f"database {database_name(url)} ({domain}) lacks {len(missing)} migration(s): "

@@ -43,7 +43,7 @@ class StorageUnavailable(Exception):
 
 
 class Storage:
-    def __init__(self, cfg: StorageConfig):
+    def __init__(self, cfg: StorageConfig, connect_timeout: float = 5, read_timeout: float = 60, attempts: int = 3):
         self.cfg = cfg
         self.client = boto3.client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
@@ -54,7 +54,8 @@ class Storage:
                 # Spaces and most S3-compatible stores reject the newer default checksums
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
+                connect_timeout=connect_timeout, read_timeout=read_timeout,
+                retries={"max_attempts": attempts, "mode": "standard"}))
 
     def ensure_bucket(self) -> None:
         """Create the (private) bucket if missing: development and tests."""

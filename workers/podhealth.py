@@ -199,17 +199,10 @@ def check_databases() -> list[Check]:
 def check_storage() -> list[Check]:
     if not any(os.environ.get(k) for k in ("S3_ENDPOINT_URL", "S3_BUCKET", "S3_ACCESS_KEY")):
         return [Check("storage", "storage", SKIP, "not configured (no S3_* environment)")]
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    from shared.storage import StorageConfig
+    from shared.storage import Storage, StorageConfig
 
     cfg = StorageConfig.from_env()
-    client = boto3.client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
-                          aws_access_key_id=cfg.access_key, aws_secret_access_key=cfg.secret_key,
-                          config=BotoConfig(signature_version="s3v4", connect_timeout=3, read_timeout=5,
-                                            retries={"max_attempts": 1},
-                                            s3={"addressing_style": "path" if cfg.endpoint_url else "auto"}))
+    client = Storage(cfg, connect_timeout=3, read_timeout=5, attempts=1).client  # a check answers quickly
     try:
         client.head_bucket(Bucket=cfg.bucket)
     except Exception as exc:
