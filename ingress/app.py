@@ -123,6 +123,9 @@ class App:
 
     def _match(self, path: str):
         """(route template, {method: handler}), or (None, None) when no route has this path."""
+        methods = self._routes.get(path)  # the events route first: it takes nearly every request
+        if methods is not None:
+            return path, methods
         if path.startswith(SCHEMA_PREFIX):
             return f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
         if _VIDEO_COMPLETE.match(path):
@@ -130,8 +133,7 @@ class App:
         read = reads.match(path)
         if read:
             return read.route, {"GET": self.read}
-        methods = self._routes.get(path)
-        return (path, methods) if methods is not None else (None, None)
+        return None, None
 
     # ---- handlers: (environ, seen) -> (status, payload, extra headers) ----------------
     def healthz(self, environ, seen):
@@ -284,7 +286,6 @@ class App:
 
     def _read_body(self, environ) -> bytes:
         limit = self.config.max_body_bytes
-        too_large = Rejected(413, "body_too_large", f"the body exceeds {limit} bytes")
         declared = environ.get("CONTENT_LENGTH")
         if declared:
             try:
@@ -294,12 +295,16 @@ class App:
             if length < 0:
                 raise Rejected(400, "bad_request", "invalid Content-Length")
             if length > limit:
-                raise too_large
+                raise _too_large(limit)
             return environ["wsgi.input"].read(length)
         body = environ["wsgi.input"].read(limit + 1)  # chunked: bound the read all the same
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         return body
+
+
+def _too_large(limit: int) -> Rejected:
+    return Rejected(413, "body_too_large", f"the body exceeds {limit} bytes")
 
 
 def _compile_validator(event_type: str) -> None:

@@ -1,29 +1,31 @@
-"""The ingress's confirming publisher: one asynchronous connection per process, shared by request threads.
+"""The ingress's confirming publisher: one connection per gunicorn worker process, on gevent's hub.
 
-A pika SelectConnection runs its ioloop in a daemon thread. Request threads hand it messages
-with `publish()` and wait on one Future per message, so the confirms of many concurrent
-requests overlap instead of costing a round trip each (a synchronous confirm caps near
-1,600/s). A Future resolves to CONFIRMED or UNROUTABLE (the broker returned the mandatory
-message: no queue is bound), or raises a PublishError. While disconnected or blocked by a
-resource alarm, `publish()` raises BrokerUnavailable at once, so the caller can answer 503
-without waiting.
+The ingress runs under gunicorn's gevent worker (ingress/gunicorn_conf.py): requests are
+greenlets on one OS thread, and the pika connection (GeventConnection) handles its socket from
+the same hub. A request publishes on the shared channel itself, with no hand-off to another
+thread: pika calls never yield to another greenlet, so only one is ever inside pika. It then
+sleeps until the broker has confirmed (or returned) each of its messages. Confirms of many
+requests overlap, and the frames that requests buffered while the hub was busy leave in one
+send (`_coalesce_frames`). Results: CONFIRMED, UNROUTABLE (the broker returned the mandatory
+message: no queue is bound), or a PublishError. While disconnected or blocked by a resource
+alarm, publishing raises BrokerUnavailable at once, so the caller can answer 503 without waiting.
 
-Only the ioloop thread touches pika; other threads reach it through
-`ioloop.add_callback_threadsafe`. Request–reply: the channel consumes RabbitMQ's direct
-reply-to pseudo-queue; `expect_reply()` registers a correlation id and its Future.
+Request–reply: the channel consumes RabbitMQ's direct reply-to pseudo-queue; `expect_reply()`
+registers a correlation id and the Reply that its answer settles.
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, InvalidStateError
 from typing import Sequence
 
+import gevent
 import pika
-from pika.adapters.select_connection import IOLoop
+from gevent.event import Event
+from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.utils import io_services_utils
 
 from ingress import metrics
 from shared import broker
@@ -54,25 +56,61 @@ class PublishTimeout(PublishError):
     """No confirm in time; the message may still arrive (the worker deduplicates a retry)."""
 
 
+class _Confirms:
+    """The messages of one confirm() call: settled one by one by the hub, awaited together."""
+
+    __slots__ = ("results", "left", "error", "done")
+
+    def __init__(self, count: int):
+        self.results: list[str | None] = [None] * count
+        self.left = count
+        self.error: PublishError | None = None
+        self.done = Event()
+
+    def settle(self, index: int, result: str | None = None, error: PublishError | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.results[index] = result
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
 class _Pending:
     """A published, unconfirmed message: what a basic.return is matched against."""
 
-    __slots__ = ("future", "exchange", "routing_key", "body", "returned", "sent")
+    __slots__ = ("confirms", "index", "exchange", "routing_key", "body", "returned", "sent")
 
-    def __init__(self, future: Future, exchange: str, routing_key: str, body: bytes, sent: float):
-        self.future, self.exchange, self.routing_key, self.body = future, exchange, routing_key, body
+    def __init__(self, confirms: _Confirms, index: int, exchange: str, routing_key: str, body: bytes,
+                 sent: float):
+        self.confirms, self.index = confirms, index
+        self.exchange, self.routing_key, self.body = exchange, routing_key, body
         self.returned = False
         self.sent = sent  # perf_counter() at basic_publish: spotter_publish_seconds
 
 
-def _settle(future: Future, result=None, error: Exception | None = None) -> None:
-    try:
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-    except InvalidStateError:  # the waiter cancelled it
-        pass
+class Reply:
+    """The answer to one request–reply message, settled by the hub when it arrives."""
+
+    __slots__ = ("_body", "_error", "_done")
+
+    def __init__(self):
+        self._body: bytes | None = None
+        self._error: PublishError | None = None
+        self._done = Event()
+
+    def settle(self, body: bytes | None = None, error: PublishError | None = None) -> None:
+        if not self._done.is_set():
+            self._body, self._error = body, error
+            self._done.set()
+
+    def result(self, timeout: float) -> bytes:
+        """The reply body; TimeoutError when none came in time, PublishError when the connection went."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no reply within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._body
 
 
 class Publisher:
@@ -84,29 +122,23 @@ class Publisher:
                                          blocked_timeout_s=blocked_timeout_s, client_name=name)
         self._declare_exchanges = declare_exchanges  # (name, type): what we publish to
         self.pid = os.getpid()  # a pika connection must never cross a fork
-        self._lock = threading.Lock()      # guards _inbox, _ready and _blocked
-        self._inbox: list[tuple[Message, Future]] = []
-        self._ready = threading.Event()
+        self._ready = Event()
+        self._closed = Event()
         self._blocked = False
         self._stopping = False
-        self._ioloop: IOLoop | None = None
-        self._thread: threading.Thread | None = None
-        # ioloop thread only
-        self._connection: pika.SelectConnection | None = None
+        self._connection: GeventConnection | None = None
         self._channel = None
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
-        self._replies: dict[str, Future] = {}  # correlation_id → Future of the reply body
+        self._replies: dict[str, Reply] = {}  # correlation_id → its Reply
         self._backoff = Backoff(first=0.2, cap=5.0)
 
-    # ---- any thread ---------------------------------------------------------------------
+    # ---- called from request greenlets ---------------------------------------------------
     def start(self) -> "Publisher":
         # pika logs every failed reconnect as an error, in plain text; we log it once, as JSON
         logging.getLogger("pika").setLevel(logging.CRITICAL)
-        self._ioloop = IOLoop()
-        self._ioloop.add_callback_threadsafe(self._connect)
-        self._thread = threading.Thread(target=self._run, name="publisher-ioloop", daemon=True)
-        self._thread.start()
+        _coalesce_frames()
+        self._connect()
         return self
 
     def is_ready(self) -> bool:
@@ -116,64 +148,52 @@ class Publisher:
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout) and not self._blocked
 
-    def publish(self, messages: Sequence[Message]) -> list[Future]:
-        """Queue messages for the ioloop; one Future each. Raises BrokerUnavailable at once."""
-        futures = [Future() for _ in messages]
-        with self._lock:
-            if not self._ready.is_set():
-                raise BrokerUnavailable("not connected to the broker")
-            if self._blocked:
-                raise BrokerUnavailable("the broker is blocking publishers (resource alarm)")
-            wake = not self._inbox  # else a flush is already scheduled and will take these too
-            self._inbox.extend(zip(messages, futures))
-            if wake:
-                self._ioloop.add_callback_threadsafe(self._flush)
-        return futures
-
     def confirm(self, messages: Sequence[Message], timeout: float) -> list[str]:
         """Publish and wait for every confirm: CONFIRMED or UNROUTABLE each, else PublishError."""
-        futures = self.publish(messages)
-        deadline = time.monotonic() + timeout
-        try:
-            return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
-        except TimeoutError:
-            raise PublishTimeout(f"no publisher confirm within {timeout}s") from None
+        if not self._ready.is_set():
+            raise BrokerUnavailable("not connected to the broker")
+        if self._blocked:
+            raise BrokerUnavailable("the broker is blocking publishers (resource alarm)")
+        confirms = _Confirms(len(messages))
+        channel = self._channel
+        sent = time.perf_counter()
+        for index, (exchange, routing_key, body, properties) in enumerate(messages):
+            try:
+                channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+            except Exception as exc:  # the channel is closing under us; its callback fails the rest
+                raise BrokerUnavailable(f"publish failed: {exc!r}") from None
+            self._seq += 1
+            self._pending[self._seq] = _Pending(confirms, index, exchange, routing_key, body, sent)
+        if not confirms.done.wait(timeout):
+            raise PublishTimeout(f"no publisher confirm within {timeout}s")
+        if confirms.error is not None:
+            raise confirms.error
+        return confirms.results
 
-    def expect_reply(self, correlation_id: str) -> Future:
+    def expect_reply(self, correlation_id: str) -> Reply:
         """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""
-        future = Future()
-        with self._lock:
-            self._replies[correlation_id] = future
-        return future
+        reply = self._replies[correlation_id] = Reply()
+        return reply
 
     def forget_reply(self, correlation_id: str) -> None:
-        with self._lock:
-            self._replies.pop(correlation_id, None)
+        self._replies.pop(correlation_id, None)
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._thread is None:
-            return
         self._stopping = True
-        self._ioloop.add_callback_threadsafe(self._shutdown)
-        self._thread.join(timeout)
+        connection = self._connection
+        if connection is not None and not (connection.is_closing or connection.is_closed):
+            connection.close()
+            self._closed.wait(timeout)
 
-    # ---- ioloop thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            try:
-                self._ioloop.start()
-                return  # stopped by close()
-            except Exception:
-                # A bug in one callback must not end publishing for the whole process.
-                log.exception("publisher callback failed")
-
+    # ---- called by the hub (connection callbacks) ------------------------------------------
     def _connect(self) -> None:
         if self._stopping:
             return
+        self._closed.clear()
         try:
-            self._connection = pika.SelectConnection(
+            self._connection = GeventConnection(
                 self._params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
+                on_close_callback=self._on_closed)
         except Exception as exc:  # bad parameters surface here, network errors in _on_open_error
             self._down(f"cannot connect: {exc!r}")
 
@@ -205,34 +225,13 @@ class Publisher:
 
     def _mark_ready(self) -> None:
         self._backoff.reset()
-        with self._lock:
-            self._ready.set()
+        self._ready.set()
         log.info("broker connected", connection=self._params.client_properties.get("connection_name"))
 
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._inbox = self._inbox, []
-        channel = self._channel
-        now = time.perf_counter()  # one clock read per flush: the batch goes out together
-        for i, ((exchange, routing_key, body, properties), future) in enumerate(batch):
-            if channel is None or not channel.is_open:
-                for _, f in batch[i:]:
-                    _settle(f, error=BrokerUnavailable("connection to the broker lost"))
-                return
-            try:
-                channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
-            except Exception as exc:  # channel closing under us: the close callback fails the pending
-                for _, f in batch[i:]:
-                    _settle(f, error=BrokerUnavailable(f"publish failed: {exc!r}"))
-                return
-            self._seq += 1
-            self._pending[self._seq] = _Pending(future, exchange, routing_key, body, now)
-
     def _on_reply(self, _channel, _method, properties, body) -> None:
-        with self._lock:
-            future = self._replies.pop(properties.correlation_id or "", None)
-        if future is not None:
-            _settle(future, body)
+        reply = self._replies.pop(properties.correlation_id or "", None)
+        if reply is not None:
+            reply.settle(body)
 
     def _on_return(self, _channel, method, _properties, body) -> None:
         # A return carries no delivery tag. RabbitMQ sends it before the message's ack, so the
@@ -263,18 +262,16 @@ class Publisher:
     def _resolve(entry: _Pending, acked: bool) -> None:
         if acked:
             metrics.observe_publish(time.perf_counter() - entry.sent)
-            _settle(entry.future, UNROUTABLE if entry.returned else CONFIRMED)
+            entry.confirms.settle(entry.index, UNROUTABLE if entry.returned else CONFIRMED)
         else:
-            _settle(entry.future, error=Nacked("the broker refused the message"))
+            entry.confirms.settle(entry.index, error=Nacked("the broker refused the message"))
 
     def _on_blocked(self, _connection, frame) -> None:
-        with self._lock:
-            self._blocked = True
+        self._blocked = True
         log.warning("broker blocks publishers", reason=getattr(frame.method, "reason", ""))
 
     def _on_unblocked(self, _connection, _frame) -> None:
-        with self._lock:
-            self._blocked = False
+        self._blocked = False
         log.info("broker unblocked publishers")
 
     def _on_channel_closed(self, _channel, reason) -> None:
@@ -296,29 +293,44 @@ class Publisher:
         was_ready = self._ready.is_set()
         self._connection, self._channel = None, None
         self._fail_all(BrokerUnavailable("connection to the broker lost"))
+        self._closed.set()
         if self._stopping:
-            self._ioloop.stop()
             return
         delay = self._backoff.next()
         log.warning("broker connection lost" if was_ready else "broker unreachable",
                     reason=why[:200], retry_in_s=round(delay, 2))
-        self._ioloop.call_later(delay, self._connect)
+        gevent.spawn_later(delay, self._connect)
 
     def _fail_all(self, error: PublishError) -> None:
-        with self._lock:
-            self._ready.clear()
-            self._blocked = False
-            waiting, self._inbox = self._inbox, []
+        self._ready.clear()
+        self._blocked = False
         pending, self._pending = self._pending, OrderedDict()
         for entry in pending.values():
-            _settle(entry.future, error=error)
-        for _, future in waiting:
-            _settle(future, error=error)
+            entry.confirms.settle(entry.index, error=error)
+        replies, self._replies = self._replies, {}
+        for reply in replies.values():
+            reply.settle(error=error)
 
-    def _shutdown(self) -> None:
-        connection = self._connection
-        if connection is not None and not (connection.is_closing or connection.is_closed):
-            connection.close()  # _on_closed stops the ioloop
-        else:
-            self._fail_all(BrokerUnavailable("publisher closed"))
-            self._ioloop.stop()
+
+def _coalesce_frames() -> None:
+    """Send everything pika has buffered in one write instead of one send() per frame.
+
+    pika writes each frame (a publish is three: method, header, body) with its own send(); on a
+    busy hub dozens of messages wait in the buffer, and a syscall per frame became the
+    publisher's largest cost (py-spy). Joining them first is what one writev would do.
+    """
+    transport = io_services_utils._AsyncTransportBase
+    if getattr(transport._produce, "coalesced", False):
+        return
+    produce = transport._produce
+
+    def _produce(self) -> None:
+        buffers = self._tx_buffers
+        if len(buffers) > 1:
+            joined = b"".join(buffers)
+            buffers.clear()
+            buffers.append(joined)
+        produce(self)
+
+    _produce.coalesced = True
+    transport._produce = _produce

@@ -293,6 +293,27 @@ def test_ingress_runs_gunicorn_with_probes_and_a_service(objects):
     assert port_number(c, sp["targetPort"]) == port
 
 
+def cpu_cores(q: str) -> float:
+    q = str(q)
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def test_ingress_runs_no_more_gevent_processes_than_its_cores(objects):
+    # a gevent process uses one core: more processes than requested cores only contend
+    (c,) = named(objects, "Deployment", "ingress")["spec"]["template"]["spec"]["containers"]
+    processes = int(config_data(objects, c)["WEB_CONCURRENCY"])
+    assert 1 <= processes <= max(1, cpu_cores(c["resources"]["requests"]["cpu"]))
+
+
+def test_prod_scales_the_ingress_on_cpu():
+    objects = render("prod")
+    hpa = named(objects, "HorizontalPodAutoscaler", "ingress")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ingress"}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert hpa["spec"]["minReplicas"] >= 2, "one pod down must not take the ingress with it"
+
+
 # ---- every pod ---------------------------------------------------------------------------
 def test_containers_are_non_root_read_only_and_restricted(objects):
     for o, pod in workloads(objects):
