@@ -24,6 +24,7 @@ from typing import Sequence
 import gevent
 import pika
 from gevent.event import Event
+from pika import frame, spec
 from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils import io_services_utils
 
@@ -131,6 +132,7 @@ class Publisher:
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._replies: dict[str, Reply] = {}  # correlation_id → its Reply
+        self._method_frames: dict[tuple[str, str], bytes] = {}  # of the current channel
         self._backoff = Backoff(first=0.2, cap=5.0)
 
     # ---- called from request greenlets ---------------------------------------------------
@@ -156,11 +158,13 @@ class Publisher:
             raise BrokerUnavailable("the broker is blocking publishers (resource alarm)")
         confirms = _Confirms(len(messages))
         channel = self._channel
+        if channel is None or not channel.is_open:
+            raise BrokerUnavailable("the channel to the broker is closing")
         sent = time.perf_counter()
         for index, (exchange, routing_key, body, properties) in enumerate(messages):
             try:
-                channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
-            except Exception as exc:  # the channel is closing under us; its callback fails the rest
+                self._send_publish(channel, exchange, routing_key, body, properties)
+            except Exception as exc:  # the connection is closing under us; its callback fails the rest
                 raise BrokerUnavailable(f"publish failed: {exc!r}") from None
             self._seq += 1
             self._pending[self._seq] = _Pending(confirms, index, exchange, routing_key, body, sent)
@@ -169,6 +173,25 @@ class Publisher:
         if confirms.error is not None:
             raise confirms.error
         return confirms.results
+
+    def _send_publish(self, channel, exchange: str, routing_key: str, body: bytes, properties) -> None:
+        """What Channel.basic_publish(..., mandatory=True) sends, in one buffer.
+
+        pika builds a Basic.Publish object and three frames per message; the method frame is
+        the same for every message to one routing key, so it is marshalled once per channel.
+        Header and body frames are still pika's own marshalling.
+        """
+        number = channel.channel_number
+        method = self._method_frames.get((exchange, routing_key))
+        if method is None:
+            method = self._method_frames[(exchange, routing_key)] = frame.Method(
+                number, spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)).marshal()
+        connection = channel.connection
+        parts = [method, frame.Header(number, len(body), properties).marshal()]
+        limit = connection._body_max_length  # frame_max less the frame overhead, as pika splits
+        for start in range(0, len(body), limit):
+            parts.append(frame.Body(number, body[start:start + limit]).marshal())
+        connection._output_marshaled_frames([b"".join(parts)])
 
     def expect_reply(self, correlation_id: str) -> Reply:
         """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""
@@ -204,6 +227,7 @@ class Publisher:
 
     def _on_channel_open(self, channel) -> None:
         self._channel, self._seq = channel, 0
+        self._method_frames.clear()
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_select_ok)

@@ -1,0 +1,72 @@
+"""The ingress's publisher on the real broker, driven from gevent's hub as under gunicorn.
+
+What the HTTP tests cannot reach easily: a message larger than one AMQP frame (the publisher
+writes its frames itself) and many greenlets confirming on one connection at once.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import gevent
+import pika
+import pytest
+
+from ingress.publisher import CONFIRMED, UNROUTABLE, Publisher
+
+EXCHANGE = "app.events"
+
+
+@pytest.fixture
+def publisher(vhost, rmq):
+    rmq.channel.queue_declare("out", durable=True)
+    rmq.channel.queue_bind("out", EXCHANGE, routing_key="user.#")
+    p = Publisher(vhost, declare_exchanges=((EXCHANGE, "topic"),)).start()
+    assert p.wait_ready(10), "the publisher did not connect"
+    yield p
+    p.close()
+
+
+def _props(message_id: str) -> pika.BasicProperties:
+    return pika.BasicProperties(message_id=message_id, type="user.settings.submitted", delivery_mode=2,
+                                content_type="application/json", headers={"source_service": "frontend"})
+
+
+def _drain(rmq, count: int) -> dict[str, tuple[pika.BasicProperties, bytes]]:
+    got = {}
+    for _ in range(count):
+        method, props, body = rmq.channel.basic_get("out", auto_ack=True)
+        assert method is not None, f"only {len(got)} of {count} messages in the queue"
+        got[props.message_id] = (props, body)
+    return got
+
+
+def test_a_body_larger_than_a_frame_arrives_whole(publisher, rmq):
+    # frame_max is 128 KiB: this body travels as three body frames after the header
+    body = os.urandom(300_000)
+    small = b'{"tiny": true}'
+    assert publisher.confirm([(EXCHANGE, "user.settings.submitted", body, _props("big")),
+                              (EXCHANGE, "user.settings.submitted", small, _props("small"))], 10) \
+        == [CONFIRMED, CONFIRMED]
+    got = _drain(rmq, 2)
+    assert got["big"][1] == body and got["small"][1] == small
+    assert got["big"][0].headers == {"source_service": "frontend"} and got["big"][0].delivery_mode == 2
+
+
+def test_many_greenlets_each_get_their_own_confirms(publisher, rmq):
+    ids = [str(uuid.uuid4()) for _ in range(400)]
+
+    def post(message_id):
+        key = "user.settings.submitted" if int(message_id[-1], 16) % 4 else "nobody.listens"
+        result, = publisher.confirm([(EXCHANGE, key, message_id.encode(), _props(message_id))], 10)
+        return key, result
+
+    jobs = [gevent.spawn(post, i) for i in ids]
+    gevent.joinall(jobs, raise_error=True)
+    results = {i: job.value for i, job in zip(ids, jobs)}
+    routed = [i for i, (key, _) in results.items() if key.startswith("user.")]
+    # every unroutable message comes back as such, every routed one is confirmed and queued
+    assert all(r == (UNROUTABLE if not k.startswith("user.") else CONFIRMED) for k, r in results.values())
+    got = _drain(rmq, len(routed))
+    assert sorted(got) == sorted(routed) and all(body == i.encode() for i, (_, body) in got.items())
+    assert rmq.channel.basic_get("out", auto_ack=True)[0] is None
