@@ -22,7 +22,7 @@ from shared import broker, contracts
 from shared.config import Config
 from shared.envelope import new_event, outcome_id
 from shared.errors import InvalidEvent
-from shared.logging import log, setup_logging, write_lines
+from shared.logging import DeferredLines, log, setup_logging
 from shared.topology import QUERY_EXCHANGE
 
 RETRY_AFTER_S = 2
@@ -40,6 +40,9 @@ SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _JSON = ("Content-Type", "application/json")
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+# one line per request, written a fraction of a second later with its neighbours (not loguru:
+# its per-call machinery would cost more than the request's own work)
+REQUEST_LOG = DeferredLines(interval_s=0.2)
 
 
 class App:
@@ -87,6 +90,7 @@ class App:
     def close(self) -> None:
         if self._publisher is not None and self._publisher.pid == os.getpid():
             self._publisher.close()
+        REQUEST_LOG.flush()
 
     # ---- WSGI ---------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -116,9 +120,8 @@ class App:
         else:
             start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))), *headers])
         metrics.count_request(label, method, code)
-        # the shared fast path: loguru's per-call machinery and handler lock cost request threads
-        write_lines([("info", "request", {"method": method, "route": route, "status": code, "error": error,
-                      "duration_ms": round((time.perf_counter() - started) * 1000, 2), **seen})])
+        REQUEST_LOG.write("info", "request", {"method": method, "route": route, "status": code, "error": error,
+                                              "duration_ms": round((time.perf_counter() - started) * 1000, 2), **seen})
         return [body]
 
     def _match(self, path: str):

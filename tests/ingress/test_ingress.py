@@ -411,6 +411,24 @@ def test_a_broker_resource_alarm_gives_a_fast_503_until_it_clears(ingress, watch
     wait_for(lambda: ingress.readiness() == {200}, timeout=5, message="/readyz 200 after unblock")
     assert ingress.post(event())[0] == 202
 
+def test_a_broker_that_stops_confirming_gives_503_after_the_publish_timeout(ingress, watcher, proxy):
+    # Given a connected ingress whose broker goes silent (connection open, no confirms come)
+    time.sleep(0.3)
+    proxy.stall()
+    try:
+        started = time.monotonic()
+        status, headers, body = ingress.post(event())
+        waited = time.monotonic() - started
+    finally:
+        proxy.resume()
+    # Then the client is answered 503 once PUBLISH_TIMEOUT_S (3 s here) has passed, not left hanging
+    assert (status, body["error"], "retry-after" in headers) == (503, "broker_unavailable", True)
+    assert "confirm" in body["detail"]
+    assert 2.9 <= waited < 5.0
+    # And when the broker answers again the same processes accept events (late confirms ignored)
+    wait_for(lambda: ingress.post(event())[0] == 202, timeout=10, interval=0.2, message="202 after resume")
+
+
 def test_broker_cut_gives_a_fast_503_and_recovery_needs_no_restart(ingress, watcher, proxy):
     try:
         # Given a ready ingress, when the broker connection is cut

@@ -7,7 +7,9 @@ import threading
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. `cut()` drops every connection and refuses new
-    ones until `restore()`. `accepted` counts connection attempts that got through."""
+    ones until `restore()`. `stall()` keeps connections open but holds whatever the target
+    sends until `resume()` (a server that stopped answering). `accepted` counts connection
+    attempts that got through."""
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
@@ -15,6 +17,8 @@ class TcpProxy:
         self.blocked = False
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._answering = threading.Event()
+        self._answering.set()
         # The listener stays bound while cut (new connections are closed at once): a closed port
         # could be taken by a client's own ephemeral port connecting to itself.
         self._listener = socket.socket()
@@ -26,6 +30,12 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.blocked = False
+
+    def stall(self) -> None:
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
 
     def cut(self) -> None:
         self.blocked = True
@@ -60,16 +70,18 @@ class TcpProxy:
             self.accepted += 1
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, gate in ((client, upstream, None), (upstream, client, self._answering)):
+                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
     @staticmethod
-    def _pipe(src, dst) -> None:
+    def _pipe(src, dst, gate: threading.Event | None) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if gate is not None:
+                    gate.wait()
                 dst.sendall(data)
         except OSError:
             pass
