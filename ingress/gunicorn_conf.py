@@ -24,7 +24,7 @@ from prometheus_client import multiprocess  # noqa: E402  (after the directory i
 # A request mostly waits for its publisher confirm (the broker syncs to disk first), so many
 # must be in flight at once. As greenlets they cost no thread switches and no GIL contention,
 # and they publish on the process's connection directly (ingress/publisher.py): with 2 × 16
-# threads (gthread) the same machine confirmed ~40 % fewer requests per second.
+# threads (gthread) the same machine confirmed about half as many requests per second.
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))  # one per core the process may use
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
