@@ -24,11 +24,10 @@ from typing import Sequence
 import gevent
 import pika
 from gevent.event import Event
-from pika import frame, spec
 from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils import io_services_utils
 
-from ingress import metrics
+from ingress import frames, metrics
 from shared import broker
 from shared.backoff import Backoff
 from shared.logging import log
@@ -133,7 +132,6 @@ class Publisher:
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._replies: dict[str, Reply] = {}  # correlation_id → its Reply
-        self._method_frames: dict[tuple[str, str], bytes] = {}  # of the current channel
         self._backoff = Backoff(first=0.2, cap=5.0)
         self._expiry = None
 
@@ -179,24 +177,13 @@ class Publisher:
             raise confirms.error
         return confirms.results
 
-    def _send_publish(self, channel, exchange: str, routing_key: str, body: bytes, properties) -> None:
-        """What Channel.basic_publish(..., mandatory=True) sends, in one buffer.
-
-        pika builds a Basic.Publish object and three frames per message; the method frame is
-        the same for every message to one routing key, so it is marshalled once per channel.
-        Header and body frames are still pika's own marshalling.
-        """
-        number = channel.channel_number
-        method = self._method_frames.get((exchange, routing_key))
-        if method is None:
-            method = self._method_frames[(exchange, routing_key)] = frame.Method(
-                number, spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)).marshal()
+    @staticmethod
+    def _send_publish(channel, exchange: str, routing_key: str, body: bytes, properties) -> None:
+        """What Channel.basic_publish(..., mandatory=True) sends, built by ingress/frames.py."""
         connection = channel.connection
-        parts = [method, frame.Header(number, len(body), properties).marshal()]
-        limit = connection._body_max_length  # frame_max less the frame overhead, as pika splits
-        for start in range(0, len(body), limit):
-            parts.append(frame.Body(number, body[start:start + limit]).marshal())
-        connection._output_marshaled_frames([b"".join(parts)])
+        # _body_max_length: frame_max less the frame overhead, where pika splits bodies
+        connection._output_marshaled_frames([frames.publish(
+            channel.channel_number, exchange, routing_key, body, properties, connection._body_max_length)])
 
     def expect_reply(self, correlation_id: str) -> Reply:
         """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""
@@ -234,7 +221,6 @@ class Publisher:
 
     def _on_channel_open(self, channel) -> None:
         self._channel, self._seq = channel, 0
-        self._method_frames.clear()
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_select_ok)
