@@ -106,7 +106,9 @@ def test_status_shows_each_worker_queue_dead_letters_and_outbox(rmq, base_env, s
     rmq.channel.basic_qos(prefetch_count=1)
     rmq.channel.basic_consume("settings", lambda ch, method, props, body: held.append(method.delivery_tag))
     wait_for(lambda: rmq.connection.process_data_events(time_limit=0.1) or held, message="a delivery")
-    env = {**base_env, "SETTINGS_DATABASE_URL": settings_db}
+    # the video database cannot be reached (nothing listens on port 1), whatever this machine holds
+    unreachable = "postgresql://postgres:s3cret-pw@127.0.0.1:1/video_db"
+    env = {**base_env, "SETTINGS_DATABASE_URL": settings_db, "VIDEO_DATABASE_URL": unreachable}
 
     def settings_line():
         rmq.connection.process_data_events(time_limit=0)  # heartbeats
@@ -122,7 +124,8 @@ def test_status_shows_each_worker_queue_dead_letters_and_outbox(rmq, base_env, s
     assert settings["outbox_backlog"] == 0 and data["note"] is None
     # another database is unreachable: said so, without its URL
     video = next(r for r in data["workers"] if r["worker"] == "video")
-    assert str(video["outbox_backlog"]).startswith("unreachable") and "postgresql://" not in video["outbox_backlog"]
+    assert str(video["outbox_backlog"]).startswith("unreachable")
+    assert "postgresql://" not in video["outbox_backlog"] and "s3cret-pw" not in video["outbox_backlog"]
 
 
 def test_status_without_the_management_api_says_unacked_is_unknown(rmq, base_env):
