@@ -115,10 +115,6 @@ def _wrk(port: int, script: Path, duration: int, connections: int, threads: int)
             "rps": ok / (int(duration_us) / 1e6), "p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
 
 
-def _median(values):
-    return statistics.median(values)
-
-
 def _compare(processes: int, env: dict, scripts: dict, args, channel, logdir: Path) -> dict:
     """Alternating rounds of the minimal app and the ingress, both up on their own ports."""
     env = {**env, "WEB_CONCURRENCY": str(processes)}
@@ -149,7 +145,7 @@ def _compare(processes: int, env: dict, scripts: dict, args, channel, logdir: Pa
         for proc in procs.values():
             _stop(proc)
     middle = sorted(rounds, key=lambda r: r[1]["rps"] / r[0]["rps"])[len(rounds) // 2]
-    return {"processes": processes, "ratio": _median([i["rps"] / m["rps"] for m, i in rounds]),
+    return {"processes": processes, "ratio": statistics.median([i["rps"] / m["rps"] for m, i in rounds]),
             "minimal": middle[0], "ingress": middle[1],
             "minimal_range": (min(m["rps"] for m, _ in rounds), max(m["rps"] for m, _ in rounds)),
             "ingress_range": (min(i["rps"] for _, i in rounds), max(i["rps"] for _, i in rounds)),

@@ -38,7 +38,7 @@ CASES = {
     "unicode": pika.BasicProperties(type="ünïcode.event", headers={"clé": "välue ✓", "": ""}),
     "no properties": pika.BasicProperties(),
     "empty headers": pika.BasicProperties(headers={}),
-    # not covered by the fast path: pika encodes these itself
+    # header tables with other value types, and the remaining property fields
     "int header": pika.BasicProperties(headers={"attempt": 3, "nested": {"a": "b"}}),
     "priority": pika.BasicProperties(priority=5, app_id="spotter", content_encoding="gzip"),
     "bytes type": pika.BasicProperties(type=b"raw", message_id="x" * 200),
