@@ -14,11 +14,11 @@ from http import HTTPStatus
 import orjson
 import pika
 
-from ingress import batch, documents, metrics, reads
+from ingress import batch, documents, frames, metrics, reads
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
 from ingress.publisher import REPLY_TO, UNROUTABLE, BrokerUnavailable, Nacked, PublishError, Publisher, PublishTimeout
-from shared import broker, contracts
+from shared import broker, contracts, process
 from shared.config import Config
 from shared.envelope import new_event, outcome_id
 from shared.errors import InvalidEvent
@@ -73,12 +73,12 @@ class App:
     def publisher(self) -> Publisher:
         """This process's publisher, started on first use: a connection must not cross a fork."""
         publisher = self._publisher
-        if publisher is None or publisher.pid != os.getpid():
+        if publisher is None or publisher.pid != process.pid():
             with self._lock:
                 publisher = self._publisher
-                if publisher is None or publisher.pid != os.getpid():
+                if publisher is None or publisher.pid != process.pid():
                     publisher = self._publisher = Publisher(
-                        self.config.rabbitmq_url, name=f"ingress-{os.getpid()}",
+                        self.config.rabbitmq_url, name=f"ingress-{process.pid()}",
                         heartbeat_s=self.config.heartbeat_s,
                         declare_exchanges=((self.config.exchange, "topic"), (QUERY_EXCHANGE, "direct"))).start()
         return publisher
@@ -88,7 +88,7 @@ class App:
         return self.publisher().wait_ready(timeout)
 
     def close(self) -> None:
-        if self._publisher is not None and self._publisher.pid == os.getpid():
+        if self._publisher is not None and self._publisher.pid == process.pid():
             self._publisher.close()
         REQUEST_LOG.flush()
 
@@ -263,7 +263,7 @@ class App:
         raise Rejected(code, answer.get("error") or "rejected", answer.get("detail") or "", answer.get("field"))
 
     def _publish(self, envelopes, headers, props=None):
-        messages = [(self.config.exchange, e.event_type, e.to_json(), props or broker.event_properties(e, headers))
+        messages = [(self.config.exchange, e.event_type, e.to_json(), props or frames.event_properties(e, headers))
                     for e in envelopes]
         try:
             results = self.publisher().confirm(messages, self.config.publish_timeout_s)

@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
+
+from shared import process
 
 UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every increment checks for a fork by asking the process id: a system call each time with
+    # the default os.getpid (three a request). Before any metric below exists.
+    values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

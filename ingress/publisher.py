@@ -16,7 +16,6 @@ registers a correlation id and the Reply that its answer settles.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import OrderedDict
 from typing import Sequence
@@ -28,7 +27,7 @@ from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils import io_services_utils
 
 from ingress import frames, metrics
-from shared import broker
+from shared import broker, process
 from shared.backoff import Backoff
 from shared.logging import log
 
@@ -36,8 +35,9 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 CONFIRMED = "confirmed"
 UNROUTABLE = "unroutable"
 
-# (exchange, routing_key, body, properties), published with mandatory=True
-Message = tuple[str, str, bytes, pika.BasicProperties]
+# (exchange, routing_key, body, properties), published with mandatory=True; properties are
+# pika's, or already encoded (ingress/frames.py event_properties)
+Message = tuple[str, str, bytes, pika.BasicProperties | bytes]
 
 
 class PublishError(Exception):
@@ -122,7 +122,7 @@ class Publisher:
         self._params = broker.parameters(url, heartbeat_s=heartbeat_s,
                                          blocked_timeout_s=blocked_timeout_s, client_name=name)
         self._declare_exchanges = declare_exchanges  # (name, type): what we publish to
-        self.pid = os.getpid()  # a pika connection must never cross a fork
+        self.pid = process.pid()  # a pika connection must never cross a fork
         self._ready = Event()
         self._closed = Event()
         self._blocked = False

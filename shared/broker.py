@@ -8,6 +8,7 @@ import pika
 from shared.envelope import Envelope
 
 PERSISTENT = 2
+CONTENT_TYPE = "application/json"
 
 
 def parameters(url: str, heartbeat_s: int = 30, blocked_timeout_s: float = 10.0,
@@ -27,11 +28,14 @@ def connect(url: str, **kwargs) -> pika.BlockingConnection:
 
 def event_properties(event: Envelope, headers: dict | None = None,
                      persistent: bool = True) -> pika.BasicProperties:
-    """message_id, type, content type, persistence, timestamp, and envelope headers."""
+    """message_id, type, content type, persistence, timestamp, and envelope headers.
+
+    The ingress encodes the same properties itself (ingress/frames.py event_properties).
+    """
     return pika.BasicProperties(
         message_id=event.id,
         type=event.event_type,
-        content_type="application/json",
+        content_type=CONTENT_TYPE,
         delivery_mode=PERSISTENT if persistent else 1,
         timestamp=int(time.time()),
         headers={"schema_version": event.schema_version,

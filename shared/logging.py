@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import atexit
-import os
 import sys
 import threading
 import time
 
 import orjson
 from loguru import logger
+
+from shared import process
 
 # Keys whose values must never reach a log line, whatever a caller passes.
 SECRET_KEYS = frozenset({"passcode", "password", "token", "access_token", "authorization",
@@ -77,8 +78,8 @@ class DeferredLines:
             self._lines.append(line)
             self._size += len(line) + 1
             full = self._size >= self.max_bytes
-        if self._flusher_pid != os.getpid():
-            self._flusher_pid = os.getpid()
+        if self._flusher_pid != process.pid():
+            self._flusher_pid = process.pid()
             threading.Thread(target=self._run, name="log-flusher", daemon=True).start()
         if full:
             self.flush()

@@ -59,3 +59,24 @@ def test_another_channel_and_exchange_get_their_own_method_frame():
     for channel, exchange, key in ((2, "app.events", "a.b"), (1, "app.queries", "feed.page"), (1, "", "q")):
         assert frames.publish(channel, exchange, key, b"{}", props, BODY_MAX) \
             == pika_bytes(channel, exchange, key, b"{}", props)
+
+
+@pytest.mark.parametrize("headers", [None, {}, {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}])
+@pytest.mark.parametrize("event", [
+    EVENT,
+    new_event("app.settings.updated", "7c9e6679-7425-40de-944b-e07fc1f90ae7", {}, "admin-ümlaut"),
+])
+def test_encoded_event_properties_are_pikas(event, headers):
+    timestamp = int(time.time())
+    props = broker.event_properties(event, headers)
+    props.timestamp = timestamp
+    assert frames.event_properties(event, headers, timestamp) == b"".join(props.encode())
+    body = event.to_json()
+    assert frames.publish(1, "app.events", event.event_type, body, frames.event_properties(event, headers, timestamp),
+                          BODY_MAX) == pika_bytes(1, "app.events", event.event_type, body, props)
+
+
+def test_an_event_property_too_long_for_amqp_is_refused_not_truncated():
+    event = new_event("x" * 256, "7c9e6679-7425-40de-944b-e07fc1f90ae7", {}, "frontend")
+    with pytest.raises(ValueError, match="255"):
+        frames.event_properties(event)
