@@ -68,7 +68,14 @@ def from_dict(event, max_clock_skew_s: int = 300, now: datetime | None = None) -
     if major not in contracts.KNOWN_MAJORS:
         raise UnsupportedVersion(f"schema_version {event['schema_version']} is not supported "
                                  f"(known majors: {sorted(contracts.KNOWN_MAJORS)})", field="schema_version")
-    ts = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    try:
+        # the schema's pattern admits month 13 or hour 99, and a zone can push year 1 or 9999
+        # past what a datetime holds once in UTC (which is how the event travels on)
+        ts = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise InvalidEvent(f"timestamp {event['timestamp']!r} is not a valid date and time",
+                           field="timestamp") from None
     now = now or datetime.now(timezone.utc)
     if ts - now > timedelta(seconds=max_clock_skew_s):
         raise InvalidEvent("timestamp is in the future", field="timestamp")

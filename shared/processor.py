@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from shared import db, envelope
 from shared.envelope import Envelope
-from shared.errors import IdempotencyConflict, PermanentError, UnknownEventType
+from shared.errors import IdempotencyConflict, InvalidEvent, PermanentError, UnknownEventType
 from shared.handler import Context, WorkerSpec
 
 PROCESSED, DUPLICATE, RETRY, DEAD = "processed", "duplicate", "retry", "dead"
@@ -78,6 +78,10 @@ class BatchProcessor:
             event = envelope.parse(d.body, max_clock_skew_s=self.max_clock_skew_s)
         except PermanentError as exc:
             return exc
+        except Exception as exc:
+            # a check of ours that raised instead of refusing: without this the message would fail
+            # its whole batch on every redelivery and hold up every message behind it
+            return InvalidEvent(f"unreadable event ({type(exc).__name__}: {str(exc)[:200]})")
         if event.event_type not in self.spec.handlers:
             return UnknownEventType(f"worker {self.spec.name} has no handler for {event.event_type}",
                                     field="event_type")

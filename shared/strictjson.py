@@ -9,6 +9,7 @@ import orjson
 from shared.errors import InvalidEvent
 
 MAX_DEPTH = 32
+MAX_INT_DIGITS = 64
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (not valid UTF-8)
 
 
@@ -32,6 +33,14 @@ def _finite_float(text):
     if value in (float("inf"), float("-inf")):
         raise InvalidEvent(f"number {text[:32]} is out of range")
     return value
+
+
+def _bounded_int(text):
+    # past 4,300 digits Python's own error suggests sys.set_int_max_str_digits to the client;
+    # no field of ours takes an integer of even 64 digits
+    if len(text) > MAX_INT_DIGITS:
+        raise InvalidEvent(f"integer of {len(text)} digits is out of range")
+    return int(text)
 
 
 def _check(value, depth: int) -> None:
@@ -76,7 +85,8 @@ def loads(body: bytes | str, max_bytes: int | None = None):
             raise InvalidEvent(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         value = json.loads(body, object_pairs_hook=_no_duplicates,
-                           parse_constant=_no_constant, parse_float=_finite_float)
+                           parse_constant=_no_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)
     except InvalidEvent:
         raise
     except RecursionError:

@@ -223,11 +223,13 @@ def _seed_text(ev: dict) -> str:
     (lambda text: '{"event_type":"user.settings.submitted",' + text[1:], "duplicate key"),
     (lambda text: text.replace('"age":28', '"age":NaN'), "NaN"),
     (lambda text: text.replace('"age":28', '"age":1e999'), "Infinity"),
+    (lambda text: text.replace('"age":28', '"age":' + "9" * 5000), "integer of 5000 digits"),
 ])
 def test_json_that_is_not_strict_is_400(ingress, watcher, corrupt, what):
     seed = event()
     status, _, body = ingress.post(corrupt(_seed_text(seed)).encode(), sub=seed["user_id"])
     assert (status, body["error"]) == (400, "bad_json"), what
+    assert "sys." not in body["detail"]  # no hint about the server's internals
     assert nothing_published(watcher)
 
 
@@ -308,6 +310,10 @@ def test_one_bad_event_rejects_the_whole_batch(ingress, watcher):
     ({"schema_version": "2.0.0"}, "unsupported_version", "schema_version"),
     ({"timestamp": rfc3339(datetime.now(timezone.utc) + timedelta(days=1))}, "schema_violation", "timestamp"),
     ({"client_generated_id": "not-a-uuid"}, "schema_violation", "client_generated_id"),
+    # the pattern's shape, but no such date; and dates a zone pushes past what UTC can hold
+    ({"timestamp": "2026-13-45T99:99:99Z"}, "schema_violation", "timestamp"),
+    ({"timestamp": "0001-01-01T00:00:00+14:00"}, "schema_violation", "timestamp"),
+    ({"timestamp": "9999-12-31T23:59:59-23:59"}, "schema_violation", "timestamp"),
 ])
 def test_events_the_ingress_must_not_accept_are_422(ingress, watcher, overrides, error, field):
     status, _, body = ingress.post(event(**overrides))

@@ -41,18 +41,21 @@ def test_schema_violation_is_dead_lettered_and_the_next_event_is_processed(start
     worker = start_worker("settings", SETTINGS_DATABASE_URL=settings_db)
     consuming(worker)
     bad = event(data={**SEED_DATA, "age": 500})
+    no_such_day = event(timestamp="2026-02-30T10:00:00Z")  # the schema's shape, not a date
     good = event()
     # Put straight on the worker's queue: the worker must not trust the wire
     rmq.publish("", "settings", dumps(bad), message_id=bad["client_generated_id"], type=bad["event_type"])
     rmq.publish("", "settings", b"{not json", message_id="garbage")
+    rmq.publish("", "settings", dumps(no_such_day), message_id="no-such-day", type=no_such_day["event_type"])
     rmq.publish("", "settings", dumps(good), message_id=good["client_generated_id"], type=good["event_type"])
     wait_for(lambda: rows(settings_db) == 1, message="good event processed")
-    wait_for(lambda: rmq.depth("settings.dead") == 2)
+    wait_for(lambda: rmq.depth("settings.dead") == 3)
     dead = {p.message_id: p.headers for p, _ in rmq.drain("settings.dead")}
     assert dead[bad["client_generated_id"]]["x-dead-reason"] == "invalid"
     assert dead[bad["client_generated_id"]]["x-dead-field"] == "data.age"
     assert "data.age" in dead[bad["client_generated_id"]]["x-dead-detail"]
     assert dead["garbage"]["x-dead-reason"] == "invalid"
+    assert (dead["no-such-day"]["x-dead-reason"], dead["no-such-day"]["x-dead-field"]) == ("invalid", "timestamp")
     assert query(settings_db, "SELECT user_id::text FROM user_settings")[0][0] == good["user_id"]
 
 
