@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from shared.errors import InvalidEvent
 
@@ -36,6 +36,8 @@ def decode_cursor(cursor: str) -> dict:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, row_id = raw.split("|")
-        return {"ts": datetime.fromisoformat(ts), "id": str(uuid.UUID(row_id))}
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        when = datetime.fromisoformat(ts)
+        when.astimezone(timezone.utc)  # a forged zone can push year 9999 past what PostgreSQL takes
+        return {"ts": when, "id": str(uuid.UUID(row_id))}
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidEvent("cursor is not one this API gave out", field="cursor") from None

@@ -3,6 +3,7 @@ newest edit wins, deletion final) and equipment preferences (newest event wins),
 through the ingress."""
 from __future__ import annotations
 
+import base64
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -295,6 +296,10 @@ def test_the_app_reads_back_only_the_callers_notes_and_prefs(machine_worker, sta
     assert page(me, machine_id="leg%20press", limit=5)[0] == 404
     status, body, _ = page(me, limit=5, cursor="bm90LWEtY3Vyc29y")
     assert (status, body["error"]) == (400, "invalid")
+    # a forged cursor in the API's own form, with a zone that pushes the date past year 9999
+    forged = base64.urlsafe_b64encode(f"9999-12-31T23:59:59-23:59|{uuid.uuid4()}".encode()).decode().rstrip("=")
+    status, body, _ = page(me, limit=5, cursor=forged)
+    assert (status, body["error"], body.get("field")) == (400, "invalid", "cursor")
     assert call(port, "GET", f"/api/v1/machines/{machine}/notes")[0] == 401
     # and a client cannot forge the worker's outcome event
     forged = event("machine.note.persisted", user_id=me, data={"note_id": mine[0], "machine_id": machine,
