@@ -21,6 +21,10 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from prometheus_client import multiprocess  # noqa: E402  (after the directory is set)
 
+from ingress import server  # noqa: E402
+
+server.answer_errors_in_json()  # in the master: the workers it forks inherit it
+
 # A request mostly waits for its publisher confirm (the broker syncs to disk first), so many
 # must be in flight at once. As greenlets they cost no thread switches and no GIL contention,
 # and they publish on the process's connection directly (ingress/publisher.py): with 2 × 16
@@ -34,6 +38,7 @@ graceful_timeout = 10   # requests last at most publish_timeout_s; stay inside t
 keepalive = 5
 accesslog = None        # the app logs one JSON line per request
 errorlog = "-"
+logger_class = "ingress.server.JsonLogger"  # gunicorn's own lines as JSON on stdout
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "warning")
 preload_app = False     # the app (and its broker connection) is built in each worker, after the fork
 worker_tmp_dir = "/dev/shm"  # heartbeat file: not on a disk, and works with a read-only root

@@ -386,6 +386,33 @@ def test_unknown_routes_and_methods_answer_json(ingress):
     assert ingress.request("GET", "/healthz")[2] == {"status": "ok"}
 
 
+def _raw_http(port: int, request: bytes) -> tuple[int, dict]:
+    """What the server answers to bytes no HTTP client library would send."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):  # gunicorn closes the connection after a refusal
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), orjson.loads(body)
+
+
+@pytest.mark.parametrize("request_bytes, status, error", [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"BLAH\r\n\r\n", 400, "bad_request"),
+    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+     431, "headers_too_large"),
+])
+def test_requests_gunicorn_refuses_are_answered_in_json_and_logged_as_json(ingress, request_bytes, status, error):
+    code, body = _raw_http(ingress.port, request_bytes)
+    assert (code, body["error"]) == (status, error) and body["detail"]
+    wait_for(lambda: [l for l in ingress.proc.logs() if l.get("component") == "gunicorn"
+                      and l.get("level") == "warning" and "Invalid request" in l.get("msg", "")],
+             message="gunicorn's refusal logged as a JSON line")
+    assert not [line for line in ingress.proc.text().splitlines() if line.startswith("[")]  # no plain-text log
+
+
 def test_each_request_logs_one_json_line_without_the_token(ingress):
     seed = event()
     token = ingress.token(seed["user_id"])
