@@ -92,3 +92,23 @@ def rotation(stream: dict) -> float:
 def _has_display_rotation() -> bool:
     out = subprocess.run(["ffmpeg", "-hide_banner", "-h", "full"], capture_output=True, text=True).stdout
     return "-display_rotation" in out
+
+
+def two_sound_tracks(path: Path, seconds: float = 2.0) -> Path:
+    """A 320x240 MP4 with two AAC tracks, the second marked default (a quiet 880 Hz tone); the
+    first is a loud 440 Hz one, so which track a rendition kept can be heard in its volume."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=880:sample_rate=48000:duration={seconds},volume=0.05",
+                    "-map", "0:v", "-map", "1:a", "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-disposition:a:0", "0", "-disposition:a:1", "default",
+                    str(path)], check=True)
+    return path
+
+
+def mean_volume_db(path: Path) -> float:
+    """ffmpeg volumedetect's mean volume of the first audio stream."""
+    done = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-map", "0:a:0", "-af", "volumedetect",
+                           "-f", "null", "-"], capture_output=True, text=True, check=True)
+    return float(done.stderr.split("mean_volume:")[1].split("dB")[0])

@@ -359,6 +359,18 @@ def test_awkward_but_valid_uploads_still_make_a_video(storage, tmp_path):
         assert (thumb["width"], thumb["height"]) == size, name
 
 
+def test_of_several_sound_tracks_the_default_one_is_kept(storage, tmp_path):
+    # a phone's two tracks: the default (quiet) one must be the one the rendition keeps
+    source = clips.two_sound_tracks(tmp_path / "two.mp4")
+    verified = upload(storage, source)
+    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
+                   source.stat().st_size)
+    rendition = local(storage, data["renditions"][0]["key"], tmp_path)
+    audio = [s for s in clips.ffprobe(rendition)["streams"] if s["codec_type"] == "audio"]
+    assert [a["codec_name"] for a in audio] == ["aac"]
+    assert clips.mean_volume_db(rendition) < -30  # the quiet track, not the loud first one
+
+
 def test_an_upload_cut_short_after_its_index_is_refused(storage, tmp_path):
     # +faststart puts the index first: a cut file still probes, and promises 3 s it does not hold
     cut = clips.truncated(tmp_path / "cut.mp4", clips.clip(tmp_path / "whole.mp4", 320, 240, seconds=3.0,
@@ -395,7 +407,6 @@ AUDIO = {"codec_type": "audio", "codec_name": "aac"}
     (_probe([AUDIO]), "not_a_video"),
     (_probe([{**VIDEO, "codec_name": "prores"}]), "unsupported_codec"),
     (_probe([VIDEO, VIDEO]), "too_many_streams"),
-    (_probe([VIDEO, AUDIO, AUDIO]), "too_many_streams"),
     (_probe([VIDEO] + [{"codec_type": "data"}] * 8), "too_many_streams"),
     (_probe([VIDEO], duration="601"), "too_long"),
     (_probe([{**VIDEO, "width": 8192, "height": 4320}]), "resolution_too_large"),
@@ -404,6 +415,21 @@ def test_probe_refuses_what_is_not_one_playable_video(probed, code):
     with pytest.raises(Rejected) as caught:
         probe.inspect(probed, Limits())
     assert caught.value.code == code and len(caught.value.reason) <= 300
+
+
+APAC = {"codec_type": "audio", "codec_tag_string": "apac"}  # iPhone spatial audio: ffmpeg has no decoder
+
+
+@pytest.mark.parametrize("streams, kept", [
+    ([VIDEO, AUDIO], 1),
+    ([VIDEO, AUDIO, {**AUDIO, "disposition": {"default": 1}}], 2),
+    ([VIDEO, APAC, AUDIO], 2),
+    ([VIDEO, {**APAC, "disposition": {"default": 1}}, AUDIO], 2),
+    ([VIDEO, APAC], None),   # only undecodable sound: a silent video rather than a refusal
+    ([VIDEO], None),
+])
+def test_the_sound_track_kept_is_one_ffmpeg_can_decode(streams, kept):
+    assert probe.inspect(_probe(streams), Limits()).audio_index == kept
 
 
 @pytest.mark.parametrize("video, size", [

@@ -70,8 +70,6 @@ def inspect(probe: dict, limits: Limits) -> MediaInfo:
         raise Rejected("not_a_video", "This file has no video track.")
     if len(videos) > 1:
         raise Rejected("too_many_streams", "This file holds more than one video track; upload a single video.")
-    if len(audios) > 1:
-        raise Rejected("too_many_streams", "This video has more than one audio track; at most one is accepted.")
     video = videos[0]
     codec = video.get("codec_name") or "unknown"
     if codec not in VIDEO_CODECS:
@@ -92,9 +90,21 @@ def inspect(probe: dict, limits: Limits) -> MediaInfo:
         display_w, height = height, display_w
     return MediaInfo(demuxer=demuxer, duration_s=duration, width=round(display_w), height=round(height),
                      video_index=int(video["index"]), video_codec=codec,
-                     audio_index=int(audios[0]["index"]) if audios else None,
+                     audio_index=_sound_track(audios),
                      fps=_ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate")),
                      size_bytes=_int(fmt.get("size")) or 0)
+
+
+def _sound_track(audios: list[dict]) -> int | None:
+    """The audio stream to keep: the default one ffmpeg can decode, else the first it can.
+
+    Phones add tracks: an iPhone with spatial audio stores an APAC track (which ffmpeg cannot
+    decode) beside its AAC one, and some cameras a second language or commentary track. A
+    video whose only sound is undecodable is still a video: it comes out silent.
+    """
+    decodable = [a for a in audios if a.get("codec_name") not in (None, "", "none", "unknown")]
+    decodable.sort(key=lambda a: not (a.get("disposition") or {}).get("default"))
+    return int(decodable[0]["index"]) if decodable else None
 
 
 def rotation(stream: dict) -> float:
