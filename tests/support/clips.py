@@ -112,3 +112,17 @@ def mean_volume_db(path: Path) -> float:
     done = subprocess.run(["ffmpeg", "-nostdin", "-i", str(path), "-map", "0:a:0", "-af", "volumedetect",
                            "-f", "null", "-"], capture_output=True, text=True, check=True)
     return float(done.stderr.split("mean_volume:")[1].split("dB")[0])
+
+
+def phone_hdr(path: Path, seconds: float = 2.0) -> Path:
+    """What an iPhone records by default: 10-bit HEVC ('hvc1') with HLG colour, 1080p frames
+    shown turned 90° (portrait), AAC sound, in a MOV."""
+    frames = path.with_name(path.stem + "-frames.mov")
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=30:duration={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                    "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
+                    "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", "-color_primaries", "bt2020",
+                    "-color_trc", "arib-std-b67", "-colorspace", "bt2020nc", "-c:a", "aac", "-shortest",
+                    str(frames)], check=True)
+    return rotated(path, frames, 90)  # the display matrix survives a stream copy, not an encode

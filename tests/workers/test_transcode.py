@@ -359,6 +359,19 @@ def test_awkward_but_valid_uploads_still_make_a_video(storage, tmp_path):
         assert (thumb["width"], thumb["height"]) == size, name
 
 
+def test_a_phones_10_bit_hdr_hevc_portrait_video_becomes_an_8_bit_h264_portrait_rendition(storage, tmp_path):
+    source = clips.phone_hdr(tmp_path / "IMG_0001.MOV")
+    original = clips.video_stream(clips.ffprobe(source))
+    assert (original["codec_name"], original["pix_fmt"], abs(clips.rotation(original))) == ("hevc", "yuv420p10le", 90)
+    verified = upload(storage, source)
+    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
+                   source.stat().st_size)
+    assert (data["width"], data["height"]) == (720, 1280)
+    video = clips.video_stream(clips.ffprobe(local(storage, data["renditions"][0]["key"], tmp_path)))
+    # 8-bit 4:2:0 H.264 is what every phone and browser plays
+    assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 720, 1280)
+
+
 def test_of_several_sound_tracks_the_default_one_is_kept(storage, tmp_path):
     # a phone's two tracks: the default (quiet) one must be the one the rendition keeps
     source = clips.two_sound_tracks(tmp_path / "two.mp4")
