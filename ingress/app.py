@@ -288,6 +288,19 @@ class App:
             raise Rejected(415, "unsupported_media_type", "Content-Type must be application/json")
 
     def _read_body(self, environ) -> bytes:
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            # A client that stops sending its body would hold this greenlet and its connection
+            # for good. gevent arms the timer only when a read has to wait: free for the usual
+            # body that came with the headers.
+            sock.settimeout(self.config.body_read_timeout_s)
+        try:
+            return self._read_bounded_body(environ)
+        except TimeoutError:
+            raise Rejected(408, "request_timeout", f"the request body stopped arriving for "
+                           f"{self.config.body_read_timeout_s:g}s") from None
+
+    def _read_bounded_body(self, environ) -> bytes:
         limit = self.config.max_body_bytes
         declared = environ.get("CONTENT_LENGTH")
         if declared:

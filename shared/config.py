@@ -83,6 +83,7 @@ class Config:
     max_body_bytes: int = 256 * 1024
     max_batch_events: int = 100
     publish_timeout_s: float = 5.0
+    body_read_timeout_s: float = 10.0    # a request body that stops arriving for this long is a 408
     max_clock_skew_s: int = 300
     jwt: JwtConfig = field(default_factory=JwtConfig)
 
@@ -107,6 +108,7 @@ class Config:
             max_body_bytes=_int("MAX_BODY_BYTES", cls.max_body_bytes),
             max_batch_events=_int("MAX_BATCH_EVENTS", cls.max_batch_events),
             publish_timeout_s=_float("PUBLISH_TIMEOUT_S", cls.publish_timeout_s),
+            body_read_timeout_s=_float("BODY_READ_TIMEOUT_S", cls.body_read_timeout_s),
             max_clock_skew_s=_int("MAX_CLOCK_SKEW_S", cls.max_clock_skew_s),
             jwt=JwtConfig.from_env(),
         )

@@ -123,7 +123,7 @@ def ingress(broker_url, watcher, proxy, jwt_secret):
                         "JWT_ALGORITHM": "HS256", "PORT": str(port), "WEB_CONCURRENCY": "2",
                         "GUNICORN_THREADS": "4", "MAX_BODY_BYTES": str(MAX_BODY),
                         "MAX_BATCH_EVENTS": str(MAX_EVENTS), "PUBLISH_TIMEOUT_S": "3",
-                        "PYTHONUNBUFFERED": "1"})
+                        "BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S), "PYTHONUNBUFFERED": "1"})
     app = Ingress(proc, port, jwt_secret)
     try:
         wait_for(lambda: _answers(app) and app.readiness() == {200}, timeout=30, message="ingress ready")
@@ -132,6 +132,9 @@ def ingress(broker_url, watcher, proxy, jwt_secret):
         raise AssertionError(f"ingress did not become ready:\n{proc.text()[-3000:]}")
     yield app
     proc.terminate()
+
+
+BODY_READ_TIMEOUT_S = 1
 
 
 def _answers(app: Ingress) -> bool:
@@ -411,6 +414,23 @@ def test_requests_gunicorn_refuses_are_answered_in_json_and_logged_as_json(ingre
                       and l.get("level") == "warning" and "Invalid request" in l.get("msg", "")],
              message="gunicorn's refusal logged as a JSON line")
     assert not [line for line in ingress.proc.text().splitlines() if line.startswith("[")]  # no plain-text log
+
+
+def test_a_body_that_stops_arriving_is_408_and_the_ingress_keeps_answering(ingress, watcher):
+    seed = event()
+    body = orjson.dumps(seed)
+    head = (f"POST {EVENTS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {ingress.token(seed['user_id'])}\r\nContent-Length: {len(body)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", ingress.port), timeout=10) as stalled:
+        stalled.sendall(head.encode() + body[:20])  # then nothing more
+        started = time.monotonic()
+        answer = stalled.recv(65536)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    assert BODY_READ_TIMEOUT_S <= waited < BODY_READ_TIMEOUT_S + 5
+    assert nothing_published(watcher)
+    assert ingress.post(event())[0] == 202
 
 
 def test_each_request_logs_one_json_line_without_the_token(ingress):
