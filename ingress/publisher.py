@@ -159,10 +159,10 @@ class Publisher:
             raise BrokerUnavailable("the broker is blocking publishers (resource alarm)")
         if not messages:
             return []
-        confirms = _Confirms(len(messages), time.monotonic() + timeout)
         channel = self._channel
         if channel is None or not channel.is_open:
             raise BrokerUnavailable("the channel to the broker is closing")
+        confirms = _Confirms(len(messages), time.monotonic() + timeout)
         sent = time.perf_counter()
         for index, (exchange, routing_key, body, properties) in enumerate(messages):
             try:

@@ -39,15 +39,18 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _min_level = 20
 
 
+def _encode(level: str, ts: float, msg: str, fields: dict) -> bytes | None:
+    """One line's JSON, or None below the configured level."""
+    if _LEVELS[level] < _min_level:
+        return None
+    return orjson.dumps(_line(level, ts, msg, fields), default=str)
+
+
 def write_lines(lines: list[tuple[str, str, dict]]) -> None:
     """Many (level, msg, fields) records in one write: the per-message lines of a batch
     skip loguru's per-call machinery, which would cost more than the message itself."""
     now = round(time.time(), 3)
-    out = []
-    for level, msg, fields in lines:
-        if _LEVELS[level] < _min_level:
-            continue
-        out.append(orjson.dumps(_line(level, now, msg, fields), default=str))
+    out = [line for level, msg, fields in lines if (line := _encode(level, now, msg, fields)) is not None]
     if out:
         sys.stdout.buffer.write(b"\n".join(out) + b"\n")
         sys.stdout.flush()
@@ -71,9 +74,9 @@ class DeferredLines:
         atexit.register(self.flush)
 
     def write(self, level: str, msg: str, fields: dict) -> None:
-        if _LEVELS[level] < _min_level:
+        line = _encode(level, round(time.time(), 3), msg, fields)
+        if line is None:
             return
-        line = orjson.dumps(_line(level, round(time.time(), 3), msg, fields), default=str)
         with self._lock:
             self._lines.append(line)
             self._size += len(line) + 1
