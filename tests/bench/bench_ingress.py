@@ -5,15 +5,17 @@
 Both run under ingress/gunicorn_conf.py (gevent) with the same WEB_CONCURRENCY, loaded by wrk
 with the same POST (token, seed event; re-sending one event is fine, the worker dedups) over
 --connections keep-alive connections. The ingress publishes persistent messages to a durable
-queue in a throwaway vhost, deleted afterwards.
+queue in a throwaway vhost, deleted afterwards: a quorum queue, as the workers' queues are
+(a classic queue's index flushes stall the broker's confirms for 20–70 ms about twice a second).
 
 This machine's speed drifts by ±15 % from one run to the next, so the two apps are measured in
 alternating rounds and the median of the per-round ratios is reported. Each process count is
-its own comparison: with 1 process the broker has the other core to itself (as in production,
-where it runs on other machines); with 2 the ingress shares both cores with the broker while
-the minimal app has them alone. Target: ingress req/s ≥ 0.5 × minimal app req/s, one event
-per request; p50/p99 reported. Then batches of --batch events per request: confirmed events/s.
-Every 202 must be a message in the queue: counted after each round.
+its own comparison: with 1 process the broker mostly has the other core (in production it runs
+on other machines; here RabbitMQ binds one scheduler thread to each core, see the README);
+with 2 the ingress shares both cores with the broker while the minimal app has them alone.
+Target: ingress req/s ≥ 0.5 × minimal app req/s, one event per request; p50/p99 reported.
+Then batches of --batch events per request: confirmed events/s. Every 202 must be a message in
+the queue: counted after each round.
 """
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
+    parser.add_argument("--queue-type", choices=["classic", "quorum"], default="quorum")
     parser.add_argument("--batch", type=int, default=10, help="events per request in the batch run (0: skip)")
     args = parser.parse_args()
     args.processes = [int(p) for p in args.processes.split(",")]
