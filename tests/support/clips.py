@@ -126,3 +126,29 @@ def phone_hdr(path: Path, seconds: float = 2.0) -> Path:
                     "-color_trc", "arib-std-b67", "-colorspace", "bt2020nc", "-c:a", "aac", "-shortest",
                     str(frames)], check=True)
     return rotated(path, frames, 90)  # the display matrix survives a stream copy, not an encode
+
+
+def hdr_stripes(path: Path, transfer: str, levels: tuple[float, ...], width: int = 640, height: int = 360,
+                seconds: float = 1.0) -> Path:
+    """10-bit HEVC in BT.2020 with `transfer` (arib-std-b67: HLG, smpte2084: PQ): grey vertical
+    stripes at the given signal levels (0–1 of the limited range), left to right."""
+    stripe = width // len(levels) // 2 * 2  # even sides, as 4:2:0 needs
+    width = stripe * len(levels)
+    row = b"".join(round(64 + level * 876).to_bytes(2, "little") * stripe for level in levels)
+    neutral = (512).to_bytes(2, "little") * (width // 2 * height // 2)
+    frame = row * height + neutral * 2  # Y plane, then U and V at half size
+    tags = ["-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc", "-color_range", "tv"]
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p10le",
+                    "-s", f"{width}x{height}", "-r", "25", "-i", "-", "-t", str(seconds),
+                    "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error:lossless=1",
+                    "-tag:v", "hvc1", *tags, str(path)], input=frame * int(25 * seconds), check=True)
+    return path
+
+
+def stripe_lumas(path: Path, count: int, pix_fmt: str = "yuv420p") -> list[int]:
+    """The mean 8-bit luma (Y; limited range for yuv420p, full for yuvj420p) of `count` vertical
+    stripes of the first frame."""
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-frames:v", "1",
+                          "-vf", f"scale={count * 2}:2:flags=area", "-pix_fmt", pix_fmt, "-f", "rawvideo", "-"],
+                         capture_output=True, check=True).stdout
+    return [(raw[2 * i] + raw[2 * i + 1]) // 2 for i in range(count)]

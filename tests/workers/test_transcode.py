@@ -372,6 +372,27 @@ def test_a_phones_10_bit_hdr_hevc_portrait_video_becomes_an_8_bit_h264_portrait_
     assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 720, 1280)
 
 
+@pytest.mark.parametrize("transfer, levels", [
+    ("arib-std-b67", (0.5, 0.75, 0.9, 1.0)),   # HLG, as iPhones record: reference white at 75 %
+    ("smpte2084", (0.45, 0.58, 0.67, 0.75)),   # PQ (HDR10), as many Androids do: 203 cd/m² at 58 %
+])
+def test_hdr_video_becomes_sdr_with_its_whites_white_and_its_highlights_distinct(storage, tmp_path, transfer, levels):
+    # grey stripes from mid-grey through reference white to highlights; shown as they were
+    # (HDR values read as SDR), reference white came out as light grey: Y 190 (HLG), 148 (PQ)
+    source = clips.hdr_stripes(tmp_path / "hdr.mov", transfer, levels)
+    verified = upload(storage, source)
+    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
+                   source.stat().st_size)
+    rendition = local(storage, data["renditions"][0]["key"], tmp_path)
+    video = clips.video_stream(clips.ffprobe(rendition))
+    assert (video["color_primaries"], video["color_transfer"], video["color_space"]) == ("bt709",) * 3
+    mid, white, bright, peak = clips.stripe_lumas(rendition, len(levels))
+    assert 120 <= mid <= 160 and 195 <= white <= 225  # limited range: 16 black, 235 white
+    assert white < bright < peak <= 240                # rolled off, not clipped to one white
+    thumb = clips.stripe_lumas(local(storage, data["thumbnail_key"], tmp_path), len(levels), "yuvj420p")
+    assert 210 <= thumb[1] < thumb[3]                  # the JPEG (full range) shows the same picture
+
+
 def test_of_several_sound_tracks_the_default_one_is_kept(storage, tmp_path):
     # a phone's two tracks: the default (quiet) one must be the one the rendition keeps
     source = clips.two_sound_tracks(tmp_path / "two.mp4")

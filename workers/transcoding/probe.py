@@ -18,6 +18,23 @@ PROBE_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
+class Colour:
+    """How the source's pixel values are to be read, as ffprobe names it ('' when not tagged)."""
+    transfer: str = ""    # color_transfer: bt709, arib-std-b67 (HLG), smpte2084 (PQ), …
+    primaries: str = ""   # color_primaries: bt709, bt2020, …
+    matrix: str = ""      # color_space: bt709, bt2020nc, …
+    range: str = ""       # color_range: tv (limited) or pc (full)
+
+    @property
+    def hdr(self) -> bool:
+        return self.transfer in ("arib-std-b67", "smpte2084")
+
+    @property
+    def wide_gamut(self) -> bool:
+        return self.primaries == "bt2020" or self.matrix in ("bt2020nc", "bt2020c")
+
+
+@dataclass(frozen=True)
 class MediaInfo:
     demuxer: str
     duration_s: float | None   # None: the container does not say (e.g. a browser recording)
@@ -28,6 +45,7 @@ class MediaInfo:
     audio_index: int | None
     fps: float | None
     size_bytes: int = 0
+    colour: Colour = Colour()
 
 
 def ffprobe(path: str, cwd: str) -> dict:
@@ -92,7 +110,9 @@ def inspect(probe: dict, limits: Limits) -> MediaInfo:
                      video_index=int(video["index"]), video_codec=codec,
                      audio_index=_sound_track(audios),
                      fps=_ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate")),
-                     size_bytes=_int(fmt.get("size")) or 0)
+                     size_bytes=_int(fmt.get("size")) or 0,
+                     colour=Colour(*(str(video.get(k) or "") for k in ("color_transfer", "color_primaries",
+                                                                       "color_space", "color_range"))))
 
 
 def _sound_track(audios: list[dict]) -> int | None:
