@@ -484,6 +484,15 @@ def test_plan_fits_the_displayed_picture_into_720p(video, size):
     assert plan.thumbnail_at_s == 1.0 and plan.fps_cap is None
 
 
+@pytest.mark.parametrize("rate, transfer, cap", [
+    ("60/1", "bt709", None), ("240/1", "bt709", 60),         # slow motion is brought down to 60
+    ("30000/1001", "arib-std-b67", None), ("60/1", "arib-std-b67", 30), ("60/1", "smpte2084", 30),
+])
+def test_frame_rate_cap_is_60_and_30_for_hdr_which_costs_twice_per_frame(rate, transfer, cap):
+    info = probe.inspect(_probe([{**VIDEO, "avg_frame_rate": rate, "color_transfer": transfer}, AUDIO]), Limits())
+    assert commands.plan(info).fps_cap == cap
+
+
 def test_commands_are_argument_lists_confined_to_local_files():
     info = probe.inspect(_probe([{**VIDEO, "avg_frame_rate": "240/1"}, AUDIO], duration="0.6"), Limits())
     plan = commands.plan(info)
