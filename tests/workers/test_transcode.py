@@ -488,7 +488,7 @@ def test_plan_fits_the_displayed_picture_into_720p(video, size):
     ("60/1", "bt709", None), ("240/1", "bt709", 60),         # slow motion is brought down to 60
     ("30000/1001", "arib-std-b67", None), ("60/1", "arib-std-b67", 30), ("60/1", "smpte2084", 30),
 ])
-def test_frame_rate_cap_is_60_and_30_for_hdr_which_costs_twice_per_frame(rate, transfer, cap):
+def test_frame_rate_cap_is_60_and_30_for_hdr_whose_frames_cost_more(rate, transfer, cap):
     info = probe.inspect(_probe([{**VIDEO, "avg_frame_rate": rate, "color_transfer": transfer}, AUDIO]), Limits())
     assert commands.plan(info).fps_cap == cap
 
