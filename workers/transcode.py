@@ -20,7 +20,7 @@ from shared.errors import Forbidden
 from shared.handler import Context, WorkerSpec
 from shared.logging import log
 from shared.storage import Storage, process_storage
-from workers.transcoding import job, sandbox
+from workers.transcoding import capabilities, job, sandbox
 from workers.transcoding.errors import Rejected
 from workers.transcoding.limits import Limits
 
@@ -56,4 +56,5 @@ HANDLERS = {
 }
 
 WORKER = WorkerSpec(name="transcode", database="video", handlers=HANDLERS, prefetch=1, max_batch=1,
+                    startup=capabilities.check,
                     description="uploaded videos → 720p H.264/AAC MP4 and a thumbnail")

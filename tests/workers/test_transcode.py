@@ -3,7 +3,9 @@ playable 720p rendition and a thumbnail, or `media.failed` with a reason; never 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -20,7 +22,7 @@ from tests.support.events import dumps, event
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
 from workers import transcode
-from workers.transcoding import commands, job, probe, sandbox
+from workers.transcoding import capabilities, commands, job, probe, sandbox
 from workers.transcoding.errors import Rejected
 from workers.transcoding.limits import Limits
 
@@ -511,6 +513,25 @@ def test_commands_are_argument_lists_confined_to_local_files():
         assert argv[argv.index(flag) + 1] == value
     graph = argv[argv.index("-filter_complex") + 1]
     assert "fps=60" in graph and "scale=1280:720" in graph and "trim=" in graph
+
+
+def test_the_worker_starts_with_this_machines_ffmpeg():
+    assert transcode.WORKER.startup is capabilities.check
+    capabilities.check()  # Debian's ffmpeg: every filter and encoder the commands use
+
+
+def test_an_ffmpeg_without_zscale_is_refused_at_start_not_per_video(tmp_path, monkeypatch):
+    # a build without libzimg runs SDR videos and fails every HDR one, which its owner would be
+    # told is damaged: the worker must refuse to start instead, naming what is missing
+    real = subprocess.run(["ffmpeg", "-hide_banner", "-filters"], capture_output=True, text=True).stdout
+    listing = tmp_path / "filters.txt"
+    listing.write_text("".join(line + "\n" for line in real.splitlines() if " zscale " not in line))
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(f'#!/bin/sh\ncase "$2" in -filters) cat {listing} ;; *) exec {shutil.which("ffmpeg")} "$@" ;; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match="lacks filter zscale: install one built with libx264 and libzimg"):
+        capabilities.check()
 
 
 def test_sweep_removes_scratch_dirs_of_dead_jobs_only(tmp_path):
