@@ -32,6 +32,11 @@ from shared.backoff import Backoff
 from shared.logging import log
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+# Under load a hub pass serves every ready request (~60) before pika's writer runs, so each pass's
+# publishes reached the broker as one burst while it sat idle. Sending whenever this much is
+# buffered lets it start on the first ones while the rest are parsed: +6-8 % confirmed req/s in
+# ten paired runs. Smaller bursts cost the broker more per message (after every publish: 2-3x).
+FLUSH_AT_BYTES = 16 * 1024
 CONFIRMED = "confirmed"
 UNROUTABLE = "unroutable"
 
@@ -184,6 +189,11 @@ class Publisher:
         # _body_max_length: frame_max less the frame overhead, where pika splits bodies
         connection._output_marshaled_frames([frames.publish(
             channel.channel_number, exchange, routing_key, body, properties, connection._body_max_length)])
+        transport = connection._transport
+        # plaintext only: a TLS transport must not be written to outside its own state machine
+        if (type(transport) is io_services_utils._AsyncPlaintextTransport
+                and transport.get_write_buffer_size() >= FLUSH_AT_BYTES):
+            transport._on_socket_writable()  # sends what the socket takes; the writer keeps the rest
 
     def expect_reply(self, correlation_id: str) -> Reply:
         """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""

@@ -12,7 +12,7 @@ import gevent
 import pika
 import pytest
 
-from ingress.publisher import CONFIRMED, UNROUTABLE, Publisher
+from ingress.publisher import CONFIRMED, FLUSH_AT_BYTES, UNROUTABLE, Publisher
 
 EXCHANGE = "app.events"
 
@@ -70,3 +70,13 @@ def test_many_greenlets_each_get_their_own_confirms(publisher, rmq):
     got = _drain(rmq, len(routed))
     assert sorted(got) == sorted(routed) and all(body == i.encode() for i, (_, body) in got.items())
     assert rmq.channel.basic_get("out", auto_ack=True)[0] is None
+
+
+def test_a_batch_sent_in_several_flushes_arrives_whole_and_in_order(publisher, rmq):
+    # 100 events of ~600 B: the publisher sends every FLUSH_AT_BYTES instead of once per hub pass
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    assert 100 * 600 > 3 * FLUSH_AT_BYTES
+    messages = [(EXCHANGE, "user.settings.submitted", (i * 16).encode(), _props(i)) for i in ids]
+    assert publisher.confirm(messages, 10) == [CONFIRMED] * 100
+    order = [rmq.channel.basic_get("out", auto_ack=True)[1].message_id for _ in ids]
+    assert order == ids and rmq.channel.basic_get("out", auto_ack=True)[0] is None
