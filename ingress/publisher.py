@@ -6,9 +6,10 @@ the same hub. A request publishes on the shared channel itself, with no hand-off
 thread: pika calls never yield to another greenlet, so only one is ever inside pika. It then
 sleeps until the broker has confirmed (or returned) each of its messages. Confirms of many
 requests overlap, and the frames that requests buffered while the hub was busy leave in one
-send (`_coalesce_frames`), or every FLUSH_AT_BYTES when a busy hub pass buffers more. Results: CONFIRMED, UNROUTABLE (the broker returned the mandatory
-message: no queue is bound), or a PublishError. While disconnected or blocked by a resource
-alarm, publishing raises BrokerUnavailable at once, so the caller can answer 503 without waiting.
+send (`_coalesce_frames`), or every FLUSH_AT_BYTES when a busy hub pass buffers more.
+Results: CONFIRMED, UNROUTABLE (the broker returned the mandatory message: no queue is bound),
+or a PublishError. While disconnected or blocked by a resource alarm, publishing raises
+BrokerUnavailable at once, so the caller can answer 503 without waiting.
 
 Request–reply: the channel consumes RabbitMQ's direct reply-to pseudo-queue; `expect_reply()`
 registers a correlation id and the Reply that its answer settles.

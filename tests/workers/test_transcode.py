@@ -68,6 +68,13 @@ def upload(storage: Storage, path: Path, user: str | None = None, video: str | N
                  data={"video_id": video, "key": key, "size_bytes": size, "content_type": "video/mp4"})
 
 
+def transcoded(storage: Storage, path: Path) -> dict:
+    """`path` uploaded, verified and run through the whole job in this process: media.processed's data."""
+    verified = upload(storage, path)
+    return job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
+                   path.stat().st_size)
+
+
 def publish(rmq, verified: dict) -> None:
     rmq.publish("app.events", "media.upload.verified", dumps(verified))
 
@@ -352,9 +359,7 @@ def test_awkward_but_valid_uploads_still_make_a_video(storage, tmp_path):
                           (320, 240), 3.0),
     }
     for name, (path, size, duration) in cases.items():
-        verified = upload(storage, path)
-        data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"],
-                       verified["data"]["key"], path.stat().st_size)
+        data = transcoded(storage, path)
         assert (data["width"], data["height"]) == size, name
         assert abs(data["duration_s"] - duration) <= 0.1, name
         thumb = clips.video_stream(clips.ffprobe(local(storage, data["thumbnail_key"], tmp_path)))
@@ -365,9 +370,7 @@ def test_a_phones_10_bit_hdr_hevc_portrait_video_becomes_an_8_bit_h264_portrait_
     source = clips.phone_hdr(tmp_path / "IMG_0001.MOV")
     original = clips.video_stream(clips.ffprobe(source))
     assert (original["codec_name"], original["pix_fmt"], abs(clips.rotation(original))) == ("hevc", "yuv420p10le", 90)
-    verified = upload(storage, source)
-    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
-                   source.stat().st_size)
+    data = transcoded(storage, source)
     assert (data["width"], data["height"]) == (720, 1280)
     video = clips.video_stream(clips.ffprobe(local(storage, data["renditions"][0]["key"], tmp_path)))
     # 8-bit 4:2:0 H.264 is what every phone and browser plays
@@ -382,9 +385,7 @@ def test_hdr_video_becomes_sdr_with_its_whites_white_and_its_highlights_distinct
     # grey stripes from mid-grey through reference white to highlights; shown as they were
     # (HDR values read as SDR), reference white came out as light grey: Y 190 (HLG), 148 (PQ)
     source = clips.hdr_stripes(tmp_path / "hdr.mov", transfer, levels)
-    verified = upload(storage, source)
-    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
-                   source.stat().st_size)
+    data = transcoded(storage, source)
     rendition = local(storage, data["renditions"][0]["key"], tmp_path)
     video = clips.video_stream(clips.ffprobe(rendition))
     assert (video["color_primaries"], video["color_transfer"], video["color_space"]) == ("bt709",) * 3
@@ -398,9 +399,7 @@ def test_hdr_video_becomes_sdr_with_its_whites_white_and_its_highlights_distinct
 def test_of_several_sound_tracks_the_default_one_is_kept(storage, tmp_path):
     # a phone's two tracks: the default (quiet) one must be the one the rendition keeps
     source = clips.two_sound_tracks(tmp_path / "two.mp4")
-    verified = upload(storage, source)
-    data = job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
-                   source.stat().st_size)
+    data = transcoded(storage, source)
     rendition = local(storage, data["renditions"][0]["key"], tmp_path)
     audio = [s for s in clips.ffprobe(rendition)["streams"] if s["codec_type"] == "audio"]
     assert [a["codec_name"] for a in audio] == ["aac"]
