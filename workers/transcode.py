@@ -8,7 +8,8 @@ keys are fixed per video, so a redo overwrites rather than adds.
 
 Environment: MAX_VIDEO_DURATION_S (600), MAX_VIDEO_DIMENSION (4096), MAX_VIDEO_STREAMS (8),
 TRANSCODE_TIMEOUT_S (600, per ffmpeg run), TRANSCODE_THREADS (1.5 × cores, at most 8),
-TRANSCODE_MAX_OUTPUT_BYTES (2 GiB), TRANSCODE_TMPDIR (the system's), and the S3_* of shared.storage.
+TRANSCODE_MAX_OUTPUT_BYTES (2 GiB), TRANSCODE_TMPDIR (the system's), TRANSCODE_SANDBOX_USER (nobody:
+ffmpeg's user when the worker runs as root) and the S3_* of shared.storage.
 """
 from __future__ import annotations
 

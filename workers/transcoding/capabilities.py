@@ -1,4 +1,5 @@
-"""At start: the ffmpeg on PATH can run every command of commands.py, or the worker refuses.
+"""At start: ffmpeg cannot read the worker's secrets (sandbox.protect), and the ffmpeg on PATH can
+run every command of commands.py, or the worker refuses.
 
 An ffmpeg built without one of these fails only when a video needs it (zscale: HDR clips), and
 its owner would be told the video is damaged. Checked once, the pod refuses to start instead,
@@ -9,12 +10,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from workers.transcoding import sandbox
+from workers.transcoding.limits import Limits
+
 FILTERS = ("fps", "format", "scale", "setsar", "split", "tonemap", "trim", "zscale")
 ENCODERS = ("aac", "libx264", "mjpeg")
 
 
 def check() -> None:
-    """RuntimeError naming what is missing; nothing when this ffmpeg has all we use."""
+    """RuntimeError naming what is missing or unsafe; nothing when this ffmpeg has all we use and
+    cannot read the worker's secrets. (It makes the calling process non-dumpable, for good.)"""
+    sandbox.protect(Limits.from_env().tmpdir)  # first: before ffmpeg runs at all
     for tool in ("ffmpeg", "ffprobe"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not on PATH: install ffmpeg (Debian's package has all the transcoder uses)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 
 import botocore.exceptions
@@ -79,6 +80,10 @@ def fetch(storage: Storage, key: str, path: str, size_bytes: int) -> None:
 
 
 def put(storage: Storage, path: str, key: str, content_type: str) -> None:
+    # ffmpeg named this file: a link (to /proc/<worker>/environ, say) would have the worker upload
+    # what ffmpeg's user cannot read. Race-free: the sandbox has no access to the dir after its run.
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise Rejected("transcode_failed", DAMAGED, f"{os.path.basename(path)} is not a regular file")
     try:
         storage.upload(path, key, content_type)
     except (StorageUnavailable, botocore.exceptions.ClientError) as exc:
