@@ -58,16 +58,24 @@ AFTER_POST = "AND (p.created_at, p.post_id) < (%(ts)s, %(id)s)"
 
 POST_OWNER = "SELECT owner_id::text FROM feed_posts WHERE post_id = %s"
 
-# Threads oldest first, by their top-level comment; replies come whole with their thread.
+# Threads oldest first, by their top-level comment; replies come whole with their thread. seq
+# (0004_comment_order) is drawn at each insert: created_at is the transaction start, shared by a
+# whole batch, and comment_id is the client's pick, so neither orders a reply after its parent.
 THREAD_PAGE = """
 SELECT comment_id::text, author_id::text, body, like_count, deleted_at IS NOT NULL, created_at
 FROM comments
 WHERE post_id = %(post)s AND parent_comment_id IS NULL {after}
-ORDER BY created_at, comment_id
+ORDER BY seq
 LIMIT %(limit)s
 """
-AFTER_THREAD = "AND (created_at, comment_id) > (%(ts)s, %(id)s)"
+# The cursor (shared.paging) names the last thread shown, and the page goes on after its seq: the
+# same cursors as when threads were ordered by (created_at, comment_id). One that names no thread
+# of this post gives an empty page.
+AFTER_THREAD = """AND seq > (SELECT seq FROM comments
+                 WHERE comment_id = %(id)s AND post_id = %(post)s AND parent_comment_id IS NULL)"""
 
+# A reply is inserted after its parent, so its seq is larger: cut at the LIMIT, the replies kept
+# still have their parents.
 REPLIES = """
 WITH RECURSIVE thread AS (
     SELECT c.* FROM comments c WHERE c.parent_comment_id = ANY(%s::uuid[])
@@ -76,7 +84,7 @@ WITH RECURSIVE thread AS (
 )
 SELECT comment_id::text, author_id::text, body, like_count, deleted_at IS NOT NULL, created_at,
        parent_comment_id::text
-FROM thread ORDER BY created_at, comment_id LIMIT %s
+FROM thread ORDER BY seq LIMIT %s
 """
 MAX_REPLIES_PER_PAGE = 2000
 
@@ -171,9 +179,13 @@ def read_comments(ctx: Context, request: Request) -> dict:
     nodes = {c["comment_id"]: c for c in threads}
     if nodes:
         cur.execute(REPLIES, (list(nodes), MAX_REPLIES_PER_PAGE))
-        for *fields, parent in cur.fetchall():
-            node = nodes[fields[0]] = _comment(*fields)
-            nodes[parent]["replies"].append(node)
+        replies = [(_comment(*fields), parent) for *fields, parent in cur.fetchall()]
+        # every node first, then the links: the tree does not depend on the rows' order, and a
+        # reply whose parent did not come back is left out (with its own replies), not a 502
+        nodes.update((node["comment_id"], node) for node, _ in replies)
+        for node, parent in replies:
+            if parent in nodes:
+                nodes[parent]["replies"].append(node)
     return {"post_id": post_id, "comments": threads, "next_cursor": next_cursor}
 
 
