@@ -26,7 +26,8 @@ def canonical_user(value: str) -> str:
 
 
 class Verifier:
-    """Checks signature (one pinned algorithm), exp, iss and aud when configured, and sub."""
+    """Checks signature (one pinned algorithm), exp, iss and aud when configured, sub, and a
+    lifetime of at most max_ttl_s (exp - iat; exp - now without iat)."""
 
     def __init__(self, config: JwtConfig):
         if not config.verify_key:
@@ -65,6 +66,7 @@ class Verifier:
         except jwt.InvalidTokenError as exc:
             # pyjwt's messages name the failed check, never the token's content
             raise Unauthorized(f"invalid token: {exc}") from None
+        self._check_lifetime(claims)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("token has no subject")
@@ -73,3 +75,13 @@ class Verifier:
             self._verified.clear()
         self._verified[token] = (subject, float(claims["exp"]) + self.config.leeway_s)
         return subject
+
+    def _check_lifetime(self, claims: dict) -> None:
+        """A stolen long-lived token stays useful for as long as it lives: refuse any that lives
+        longer than JWT_MAX_TTL_S. It counts from iat, or from now when iat is missing or in the
+        future (pyjwt has checked that exp and iat are numbers)."""
+        now = time.time()
+        iat = claims.get("iat")
+        start = now if iat is None else min(int(iat), now)
+        if int(claims["exp"]) - start > self.config.max_ttl_s + self.config.leeway_s:
+            raise Unauthorized("invalid token: lifetime exceeds JWT_MAX_TTL_S")

@@ -5,12 +5,19 @@
 Environment: PORT (8080), WEB_CONCURRENCY worker processes (1), GUNICORN_WORKER_CONNECTIONS
 concurrent requests per process (1000), PROMETHEUS_MULTIPROC_DIR (a fresh directory per master
 when unset; set it to an emptyDir where the root is read-only and /dev/shm is not there), plus
-the app's own (RABBITMQ_URL, JWT_*, …; see shared/config.py).
+the app's own (RABBITMQ_URL, JWT_*, EVENT_ID_KEY, …; see shared/config.py; checked at start by
+shared/secrets.py).
 """
 import glob
 import os
 import shutil
 import tempfile
+
+from shared import secrets
+
+# Before anything else, in the master: no start with a missing, placeholder or weak secret, or
+# without JWT_ISSUER/JWT_AUDIENCE (unless waived); `refusing to start` names the variable, exit 2.
+secrets.enforce("ingress")
 
 # /metrics adds up every worker process's values (ingress/metrics.py). The directory must be
 # known before prometheus_client is first imported, here in the master, before any fork.

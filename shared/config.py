@@ -32,12 +32,13 @@ class JwtConfig:
     """Bearer tokens from the auth service: key and pinned algorithm."""
 
     algorithm: str = "HS256"
-    secret: str | None = None        # HS* shared secret
-    public_key: str | None = None    # RS*/ES*/EdDSA verification key (PEM)
-    private_key: str | None = None   # only for `workers token` in development
+    secret: str | None = field(default=None, repr=False)       # HS* shared secret
+    public_key: str | None = None                               # RS*/ES*/EdDSA verification key (PEM)
+    private_key: str | None = field(default=None, repr=False)  # only for `workers token` in development
     issuer: str | None = None
     audience: str | None = None
     leeway_s: int = 30
+    max_ttl_s: int = 86400  # longest accepted exp - iat (shared/secrets.py DEFAULT_JWT_MAX_TTL_S)
 
     @classmethod
     def from_env(cls) -> "JwtConfig":
@@ -49,6 +50,7 @@ class JwtConfig:
             issuer=os.environ.get("JWT_ISSUER") or None,
             audience=os.environ.get("JWT_AUDIENCE") or None,
             leeway_s=_int("JWT_LEEWAY_S", 30),
+            max_ttl_s=_int("JWT_MAX_TTL_S", cls.max_ttl_s),
         )
 
     @property
@@ -86,6 +88,8 @@ class Config:
     body_read_timeout_s: float = 10.0    # a request body that stops arriving for this long is a 408
     max_clock_skew_s: int = 300
     jwt: JwtConfig = field(default_factory=JwtConfig)
+    # ingress: HMAC key of server-made event ids (required there, shared/secrets.py); None elsewhere
+    event_id_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -111,4 +115,22 @@ class Config:
             body_read_timeout_s=_float("BODY_READ_TIMEOUT_S", cls.body_read_timeout_s),
             max_clock_skew_s=_int("MAX_CLOCK_SKEW_S", cls.max_clock_skew_s),
             jwt=JwtConfig.from_env(),
+            event_id_key=os.environ.get("EVENT_ID_KEY", "").encode() or None,
         )
+
+
+@dataclass(frozen=True)
+class DeadLetterBounds:
+    """How much each `<worker>.dead` queue keeps (shared/topology.py): beyond either bound the
+    oldest dead letters are dropped, so that a flood of poison messages cannot fill the broker's disk."""
+
+    max_bytes: int = 128 * 1024 * 1024  # message bodies; 7 workers: ~0.9 GiB at worst
+    max_messages: int = 100_000
+
+    @classmethod
+    def from_env(cls) -> "DeadLetterBounds":
+        bounds = cls(max_bytes=_int("DEAD_LETTER_MAX_BYTES", cls.max_bytes),
+                     max_messages=_int("DEAD_LETTER_MAX_MESSAGES", cls.max_messages))
+        if bounds.max_bytes < 1 or bounds.max_messages < 1:
+            raise ValueError("DEAD_LETTER_MAX_BYTES and DEAD_LETTER_MAX_MESSAGES must be positive integers")
+        return bounds

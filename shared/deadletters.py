@@ -4,6 +4,9 @@ AMQP has no "browse": a peek takes messages with basic_get and holds them unacke
 channel; closing the channel puts every one not acked back. That is fine up to a limit (the
 broker keeps them in memory for this channel), so a peek stops at `limit` and says how many it
 left in the queue: run the command again after a replay or purge to reach the rest.
+
+W.dead is bounded (shared/topology.py: DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES, drop-head):
+`bound_report()` tells `workers status` and `bin/pod-health-check` how full it is.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pika
 from shared.topology import QueueNames
 
 DEFAULT_LIMIT = 10_000
+NEAR_BOUND_PERCENT = 80  # from here on `workers status` warns and `bin/pod-health-check` fails
 
 # What the runtime and the broker add when a message dies; a replayed message starts clean
 # (its attempt count included), and only says how often it was replayed.
@@ -146,3 +150,66 @@ def replay_properties(d: DeadLetter) -> pika.BasicProperties:
     return pika.BasicProperties(content_type=p.content_type, content_encoding=p.content_encoding, delivery_mode=2,
                                 message_id=p.message_id, type=p.type, timestamp=p.timestamp,
                                 correlation_id=p.correlation_id, app_id=p.app_id, headers=headers)
+
+
+# ---- how full W.dead is (management API readings) ------------------------------------------------
+
+def effective_bound(info: dict) -> dict | None:
+    """The bound RabbitMQ applies to a queue, from its management API info: per dimension the lower
+    of queue argument and policy (operator policies merged in), the policy's overflow before the
+    argument's (quorum queues); None when nothing bounds it."""
+    args, policy = info.get("arguments") or {}, info.get("effective_policy_definition") or {}
+    sources = set()
+
+    def lowest(argument: str, key: str):
+        values = []
+        for source, value in (("argument", args.get(argument)), ("policy", policy.get(key))):
+            if isinstance(value, int) and not isinstance(value, bool):
+                values.append(value)
+                sources.add(source)
+        return min(values) if values else None
+
+    max_messages, max_bytes = lowest("x-max-length", "max-length"), lowest("x-max-length-bytes", "max-length-bytes")
+    if max_messages is None and max_bytes is None:
+        return None
+    return {"max_messages": max_messages, "max_bytes": max_bytes,
+            "overflow": policy.get("overflow") or args.get("x-overflow") or "drop-head",
+            "source": "+".join(sorted(sources))}
+
+
+def _percent(value: int, bound: int | None) -> float | None:
+    return None if bound is None else round(100.0 * value / bound, 1)
+
+
+def bound_report(names: QueueNames, ready: int | None, info: dict | None, fix: str) -> dict:
+    """How full W.dead is, for `workers status` (JSON fields) and the health check.
+
+    `ready` is the exact count from a passive declare; bytes come from the management API (a few
+    seconds late). Both count ready messages only, as the broker's bound does (a `workers dlq`
+    peek holds messages unacked). `info` None: management API unavailable, nothing known.
+    `fix`: the command to bound an unbounded queue."""
+    report = {"dead_bytes": None, "dead_bound": None, "dead_bounded": None, "dead_used_percent": None,
+              "dead_near_bound": None, "dead_warning": None}
+    if info is None or ready is None:
+        return report
+    bound = effective_bound(info)
+    report.update(dead_bytes=info.get("message_bytes_ready", 0), dead_bound=bound, dead_bounded=bound is not None)
+    if bound is None:
+        report["dead_warning"] = (f"{names.dead} has no length bound: a flood of dead letters can fill the "
+                                  f"broker's disk and block every publisher. Fix: {fix}")
+        return report
+    used = {"messages": _percent(ready, bound["max_messages"]),
+            "bytes": _percent(report["dead_bytes"], bound["max_bytes"])}
+    fullest = max((v, k) for k, v in used.items() if v is not None)
+    report.update(dead_used_percent=used, dead_near_bound=fullest[0] >= NEAR_BOUND_PERCENT)
+    warnings = []
+    if report["dead_near_bound"]:
+        what = (f"{ready}/{bound['max_messages']} messages" if fullest[1] == "messages"
+                else f"{report['dead_bytes']}/{bound['max_bytes']} bytes")
+        warnings.append(f"{names.dead} is at {fullest[0]:g}% of its bound ({what}): beyond it the oldest dead "
+                        f"letters are dropped. Look with `workers dlq list {names.worker}`, then replay or purge")
+    if bound["overflow"] != "drop-head":
+        warnings.append(f"{names.dead} overflows with {bound['overflow']!r}: once full, poison messages stay in "
+                        f"{names.main}, which has no bound; want 'drop-head' (clear the policy that sets it)")
+    report["dead_warning"] = "; ".join(warnings) or None
+    return report

@@ -16,7 +16,8 @@ import urllib.request
 
 DEFAULT_PORT = 15672
 QUEUE_FIELDS = ("name", "type", "arguments", "policy", "operator_policy", "effective_policy_definition",
-                "messages_ready", "messages_unacknowledged", "messages", "consumers", "state")
+                "messages_ready", "messages_unacknowledged", "messages", "consumers", "state",
+                "message_bytes", "message_bytes_ready")
 
 
 class ManagementUnavailable(Exception):
@@ -80,11 +81,13 @@ class Management:
         return (self._get(f"/api/policies/{self._vq()}") or [],
                 self._get(f"/api/operator-policies/{self._vq()}") or [])
 
-    def applied_policies(self, queue_name: str) -> tuple[dict, list[str]]:
+    def applied_policies(self, queue_name: str, policies: tuple[list[dict], list[dict]] | None = None
+                         ) -> tuple[dict, list[str]]:
         """(effective definition, names) of the policies that apply to this queue, worked out from
         the policy store: a queue's own `effective_policy_definition` comes with its statistics,
-        seconds late for a queue just declared or a policy just set."""
-        user, operator = self.policies()
+        seconds late for a queue just declared or a policy just set. `policies`: what
+        `policies()` answered, to work out several queues from one reading."""
+        user, operator = policies if policies is not None else self.policies()
         chosen = [p for p in (_winner(user, queue_name), _winner(operator, queue_name)) if p]
         definition = dict(chosen[0]["definition"]) if chosen and chosen[0] in user else {}
         if len(chosen) == 2 or (chosen and chosen[0] in operator):
@@ -111,7 +114,8 @@ def _normalise(info: dict) -> dict:
     out["arguments"] = info.get("arguments") or {}
     # without a policy the API answers [] rather than {}
     out["effective_policy_definition"] = info.get("effective_policy_definition") or {}
-    for key in ("messages_ready", "messages_unacknowledged", "messages", "consumers"):
+    for key in ("messages_ready", "messages_unacknowledged", "messages", "consumers", "message_bytes",
+                "message_bytes_ready"):
         out[key] = int(info.get(key) or 0)
     return out
 

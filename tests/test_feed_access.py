@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 
-from shared.config import JwtConfig
 from shared.feedtokens import generate_keypair
 from shared.tokens import mint
 from tests.conftest import PG, _drop_database, query
 from tests.support import rabbit
+from tests.support.auth import ingress_env, jwt_config
 from tests.support.events import event
 from tests.support.http import call
 from tests.support.processes import run_cli, workers_cli
@@ -39,7 +39,7 @@ class Stack:
         self.settings_db, self.video_db = env["SETTINGS_DATABASE_URL"], env["VIDEO_DATABASE_URL"]
 
     def token(self, user: str) -> str:
-        return mint(user, JwtConfig(secret=self.jwt_secret))
+        return mint(user, jwt_config(self.jwt_secret))
 
     def post(self, user: str, event_type: str, data: dict):
         return call(self.port, "POST", EVENTS, self.token(user), event(event_type, data=data, user_id=user))
@@ -79,7 +79,7 @@ def stack(jwt_secret, feed_keys, local_s3):
     for domain in ("settings", "video"):
         name = f"{domain}_test_{uuid.uuid4().hex[:10]}"
         databases[domain] = PG + name
-    env = {"RABBITMQ_URL": url, "JWT_SECRET": jwt_secret, "JWT_ALGORITHM": "HS256",
+    env = {"RABBITMQ_URL": url, **ingress_env(jwt_secret),
            "FEED_TOKEN_PRIVATE_KEY": feed_keys[0], "FEED_TOKEN_PUBLIC_KEY": feed_keys[1],
            "SETTINGS_DATABASE_URL": databases["settings"], "VIDEO_DATABASE_URL": databases["video"],
            "PORT": str(free_port()), "QUERY_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1",

@@ -70,3 +70,24 @@ def test_a_usage_error_exits_2(tmp_path, base_env):
     result = subprocess.run([str(REPO / "bin" / "pod-health-check"), "--expect-consumers", "nobody"],
                             env={**os.environ, **base_env}, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown worker" in result.stderr
+
+
+def test_a_dead_queue_near_its_bound_or_unbounded_is_unhealthy_whatever_max_dead(tmp_path, rmq, base_env,
+                                                                                 databases):
+    # Given dead-letter queues bounded at 10 messages, and a deployment's settings.dead from before the bound
+    rmq.channel.exchange_declare("app.dead", exchange_type="direct", durable=True)
+    rmq.channel.queue_declare("settings.dead", durable=True, arguments={"x-queue-type": "quorum"})
+    env = {**base_env, **databases, "DEAD_LETTER_MAX_MESSAGES": "10"}
+    run_cli("topology", env=env)
+    # When video.dead holds 7 dead letters: healthy with --max-dead 100, but settings.dead has no bound
+    for _ in range(7):
+        rmq.publish("app.dead", "video", dumps(event()), headers={"x-dead-reason": "invalid"})
+    code, log = health_check(tmp_path, env, "--expect-consumers", "none", "--max-dead", "100")
+    assert code == 1 and "OK    queue video: " in log and "dead=7 (70% of bound)" in log
+    assert "FAIL  queue settings: " in log and "settings.dead has no length bound" in log
+    assert "rabbitmqctl set_operator_policy" in log and "summary: UNHEALTHY: 1 failed" in log
+    # Then at 8 of 10 video.dead is near its bound: unhealthy too, saying what to look at
+    rmq.publish("app.dead", "video", dumps(event()), headers={"x-dead-reason": "invalid"})
+    code, log = health_check(tmp_path, env, "--expect-consumers", "none", "--max-dead", "100")
+    assert code == 1 and "FAIL  queue video: " in log and "video.dead is at 80% of its bound (8/10 messages)" in log
+    assert "workers dlq list video" in log and "summary: UNHEALTHY: 2 failed" in log

@@ -22,11 +22,22 @@ def _config():
 
 @click.group()
 @click.option("--env-file", default=".env", show_default=True, envvar="SPOTTER_ENV_FILE",
-              help="Environment file for development; ignored when missing.")
+              help="Development environment file, read by `workers dev` and `workers token` only; "
+                   "ignored when missing.")
 def main(env_file: str) -> None:
     """Spotter operations: run workers, migrate, declare topology, inspect dead letters."""
-    if env_file and Path(env_file).is_file():
-        load_dotenv(env_file, override=False)  # the real environment wins
+
+
+def _dev_env_file() -> Path:
+    """Load the development environment file (the real environment wins) and return its path.
+
+    Only `workers dev` and `workers token` call this: a process started any other way (`serve`,
+    `run`, Kubernetes) takes its configuration from its environment alone, never from a `.env`
+    that happens to lie in its working directory."""
+    env_file = Path(click.get_current_context().find_root().params.get("env_file") or ".env")
+    if env_file.is_file():
+        load_dotenv(env_file, override=False)
+    return env_file
 
 
 @main.command()
@@ -37,10 +48,11 @@ def run(name: str) -> None:
     from shared.consumer import Consumer
     from shared.logging import setup_logging
 
-    from shared import preflight
+    from shared import preflight, secrets
     from shared.logging import log
     from shared.topology import TopologyMismatch
 
+    secrets.enforce(name)  # before anything else: exit 2 on a missing, placeholder or weak key
     config = _config()
     setup_logging(name, config.log_level)
     spec = load(name)
@@ -73,7 +85,7 @@ def run(name: str) -> None:
 
 @main.command()
 def serve() -> None:
-    """The ingress under gunicorn (PORT, default 8080)."""
+    """The ingress under gunicorn (PORT, default 8080); refuses to start without usable keys."""
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(REPO / "ingress" / "gunicorn_conf.py"),
                                "ingress.app:application"])
 
@@ -165,11 +177,15 @@ def publish(event_type, user_id, data, event_id, timestamp) -> None:
 @click.argument("user_id")
 @click.option("--ttl", default=3600, show_default=True, help="Seconds until the token expires.")
 def token(user_id, ttl) -> None:
-    """Mint a development bearer token for USER_ID with the development key."""
+    """Mint a development bearer token for USER_ID with the development key (reads .env)."""
     from shared import tokens
 
+    _dev_env_file()
+    config = _config().jwt
+    if ttl > config.max_ttl_s:
+        raise click.ClickException(f"--ttl {ttl} exceeds JWT_MAX_TTL_S ({config.max_ttl_s}): the ingress would refuse it")
     try:
-        click.echo(tokens.mint(user_id, _config().jwt, ttl))
+        click.echo(tokens.mint(user_id, config, ttl))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -324,11 +340,14 @@ def status(as_json) -> None:
     """Per worker: ready, unacked, consumers, retrying, dead letters, outbox backlog.
 
     Unacked comes from the management API (statistics lag a few seconds); without it, it shows
-    as "?" and a note says why."""
+    as "?" and a note says why. So does how full each dead-letter queue is against its bound
+    (DEAD_LETTER_MAX_BYTES / DEAD_LETTER_MAX_MESSAGES, or a policy): from 80 % on, or without a
+    bound, a warning says what to do. The exit status is 0 whenever the state could be read:
+    `bin/pod-health-check` is the check that fails."""
     import orjson
 
     from shared import broker
-    from workers.podhealth import outbox_backlog, queue_rows
+    from workers.podhealth import dead_used, outbox_backlog, queue_rows
 
     config = _config()
     try:
@@ -345,8 +364,10 @@ def status(as_json) -> None:
         if domain not in backlogs:
             backlogs[domain] = outbox_backlog(domain)
         row["database"], row["outbox_backlog"] = domain, backlogs[domain]
+    warnings = [r["dead_warning"] for r in rows if r["exists"] and r["dead_warning"]]
     if as_json:
-        click.echo(orjson.dumps({"workers": rows, "note": note}, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({"workers": rows, "note": note, "warnings": warnings},
+                                option=orjson.OPT_INDENT_2).decode())
         return
     if note:
         click.echo(f"note: {note}", err=True)
@@ -355,8 +376,12 @@ def status(as_json) -> None:
             click.echo(f"{r['worker']:10s} queue missing (run `workers topology`) outbox_backlog={r['outbox_backlog']}")
             continue
         unacked = "?" if r["unacked"] is None else r["unacked"]
+        near = " NEAR BOUND" if r["dead_near_bound"] else ""
         click.echo(f"{r['worker']:10s} ready={r['ready']} unacked={unacked} consumers={r['consumers']} "
-                   f"retrying={r['retrying']} dead={r['dead']} outbox_backlog={r['outbox_backlog']}")
+                   f"retrying={r['retrying']} dead={r['dead']}{dead_used(r)}{near} "
+                   f"outbox_backlog={r['outbox_backlog']}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -365,7 +390,7 @@ def dev(port) -> None:
     """Everything locally in the foreground: databases, migrations, topology, ingress, every worker."""
     from workers.devstack import run_dev_stack
 
-    run_dev_stack(port)
+    run_dev_stack(port, _dev_env_file())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,22 @@ def _ensure_dev_env(env_file: Path) -> None:
             f.write(f"# written by `workers dev`: development only\nJWT_ALGORITHM=HS256\nJWT_SECRET={secret}\n")
         os.environ.update(JWT_ALGORITHM="HS256", JWT_SECRET=secret)
         click.echo(f"wrote a development JWT_SECRET to {env_file}", err=True)
+    from shared.secrets import waived
+    if not waived(os.environ):  # the ingress requires both; `workers token` puts them in its tokens
+        claims = {name: "spotter-dev" for name in ("JWT_ISSUER", "JWT_AUDIENCE") if not os.environ.get(name)}
+        if claims:
+            with env_file.open("a") as f:
+                f.write("# bearer token issuer and audience, written by `workers dev`: development only\n")
+                f.writelines(f"{name}={value}\n" for name, value in claims.items())
+            os.environ.update(claims)
+            click.echo(f"wrote development {' and '.join(claims)} to {env_file}", err=True)
+    if not os.environ.get("EVENT_ID_KEY"):
+        key = secrets.token_urlsafe(32)
+        with env_file.open("a") as f:
+            f.write(f"# HMAC key of server-made event ids, written by `workers dev`: development only\n"
+                    f"EVENT_ID_KEY={key}\n")
+        os.environ["EVENT_ID_KEY"] = key
+        click.echo(f"wrote a development EVENT_ID_KEY to {env_file}", err=True)
     if not os.environ.get("FEED_TOKEN_PRIVATE_KEY"):
         from shared.feedtokens import generate_keypair
         private, public = generate_keypair()
@@ -78,8 +94,20 @@ def _health_ports() -> dict[str, int]:
     return {name: first + i for i, name in enumerate(sorted(WORKERS))}
 
 
-def run_dev_stack(port: int | None) -> None:
-    _ensure_dev_env(Path(".env"))
+def _refuse_unusable_keys(env_file: Path) -> None:
+    """Every process would refuse a placeholder or weak key at its start: say so once, up front."""
+    from shared.secrets import process_problems
+
+    problems = {p for name in ["ingress", *sorted(WORKERS)] for p in process_problems(name)}
+    for p in sorted(problems, key=lambda p: p.variable):
+        click.echo(f"refusing to start: {p} (in the environment or {env_file}): {p.fix}", err=True)
+    if problems:
+        sys.exit(2)
+
+
+def run_dev_stack(port: int | None, env_file: Path = Path(".env")) -> None:
+    _ensure_dev_env(env_file)
+    _refuse_unusable_keys(env_file)
     if port:
         os.environ["PORT"] = str(port)
     _prepare()

@@ -45,14 +45,19 @@ class Check:
 # ---- readings shared with `workers status` -------------------------------------------------------
 
 def queue_rows(connection, amqp_url: str, retry_delays_s, workers=None) -> tuple[list[dict], str | None]:
-    """Per worker: ready, unacked, consumers, retrying, dead (None: queue missing).
+    """Per worker: ready, unacked, consumers, retrying, dead (None: queue missing), and how full
+    its dead-letter queue is against its bound (shared/deadletters.py bound_report: dead_bytes,
+    dead_bound, dead_bounded, dead_used_percent, dead_near_bound, dead_warning).
 
-    Ready and consumers come from a passive declare (exact, now); unacked only from the
-    management API, whose statistics lag a few seconds. The note says when it is unavailable."""
+    Ready, consumers and dead come from a passive declare (exact, now); unacked, the dead queue's
+    bytes and bound only from the management API, whose statistics lag a few seconds. The note
+    says when it is unavailable."""
     import pika
 
     from shared import management
-    from shared.topology import QueueNames
+    from shared.config import DeadLetterBounds
+    from shared.deadletters import bound_report
+    from shared.topology import QueueNames, dead_letter_policy_command
 
     def depth(queue):
         channel = connection.channel()
@@ -66,10 +71,28 @@ def queue_rows(connection, amqp_url: str, retry_delays_s, workers=None) -> tuple
                 channel.close()
 
     note = None
+    api = management.Management.from_env(amqp_url)
+    policies = None
     try:
-        stats = management.Management.from_env(amqp_url).queues()
+        stats = api.queues()
     except management.ManagementUnavailable as exc:
-        stats, note = None, f"unacked unknown: {exc}"
+        stats, note = None, f"unacked unknown, dead-letter bounds too: {exc}"
+    else:
+        try:  # a queue's own view of its policies lags seconds behind a change; reading the policies
+            policies = api.policies()  # needs the policymaker tag: without it, that view will do
+        except management.ManagementUnavailable:
+            pass
+
+    def dead_info(queue):
+        info = (stats or {}).get(queue)
+        if info is None or policies is None:
+            return info
+        return {**info, "effective_policy_definition": api.applied_policies(queue, policies)[0]}
+    try:
+        bounds = DeadLetterBounds.from_env()
+    except ValueError:  # the workers refuse such a value; the report still shows what the broker holds
+        bounds = DeadLetterBounds()
+    fix = dead_letter_policy_command(bounds, api.vhost)
     rows = []
     for name in sorted(workers or WORKERS):
         names = QueueNames(name)
@@ -78,10 +101,22 @@ def queue_rows(connection, amqp_url: str, retry_delays_s, workers=None) -> tuple
         unacked = None
         if stats is not None and names.main in stats:
             unacked = stats[names.main]["messages_unacknowledged"]
+        dead = depth(names.dead)[0]
         rows.append({"worker": name, "queue": names.main, "exists": ready is not None, "ready": ready,
                      "unacked": unacked, "consumers": consumers,
-                     "retrying": sum(r or 0 for r in retries), "dead": depth(names.dead)[0]})
+                     "retrying": sum(r or 0 for r in retries), "dead": dead,
+                     **bound_report(names, dead, dead_info(names.dead), fix)})
     return rows, note
+
+
+def dead_used(row: dict) -> str:
+    """" (42% of bound)" after the dead count: the fuller of messages and bytes; "" when unknown."""
+    if row.get("dead_bounded") is False:
+        return " (unbounded)"
+    used = row.get("dead_used_percent")
+    if not used:
+        return ""
+    return f" ({max(v for v in used.values() if v is not None):g}% of bound)"
 
 
 def outbox_backlog(domain: str):
@@ -162,9 +197,13 @@ def check_broker(url: str, retry_delays_s, expect_consumers: set[str], max_dead:
         if (r["dead"] or 0) > max_dead:
             problems.append(f"{r['dead']} dead letter(s) > --max-dead {max_dead}: "
                             f"inspect with `workers dlq list {r['worker']}`")
+        # a dead-letter queue near its bound is about to drop dead letters, an unbounded one can fill
+        # the broker's disk: both need an operator whatever --max-dead says
+        if r["dead_warning"]:
+            problems.append(r["dead_warning"])
         unacked = "?" if r["unacked"] is None else r["unacked"]
         detail = (f"ready={r['ready']} unacked={unacked} consumers={r['consumers']} "
-                  f"retrying={r['retrying']} dead={r['dead']}")
+                  f"retrying={r['retrying']} dead={r['dead']}{dead_used(r)}")
         checks.append(Check(section, f"queue {r['queue']}", FAIL if problems else OK,
                             detail + ("; " + "; ".join(problems) if problems else "")))
     return checks

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from shared import contracts
-from tests.support import rabbit
+from tests.support import auth, rabbit
 from tests.support.events import SEED_DATA, rfc3339
 from tests.support.processes import Process
 from tests.support.rabbit import wait_for
@@ -100,9 +100,8 @@ class Ingress:
             headers["Authorization"] = f"Bearer {token}"
         return self.request("POST", EVENTS, body, headers)
 
-    def token(self, sub: str, key: str | None = None, algorithm: str = "HS256", **claims) -> str:
-        claims = {"sub": sub, "exp": int(time.time()) + 300, **claims}
-        return jwt.encode(claims, self.secret if key is None else key, algorithm=algorithm)
+    def token(self, sub: str, key: str | None = None, algorithm: str = "HS256", ttl_s: int = 300, **claims) -> str:
+        return auth.encode(self.secret if key is None else key, sub, ttl_s, algorithm=algorithm, **claims)
 
     def readiness(self, n: int = 6) -> set[int]:
         """Statuses of n fresh connections' /readyz: each may land on either worker."""
@@ -119,8 +118,8 @@ def _user_of(payload) -> str:
 def ingress(broker_url, watcher, proxy, jwt_secret):
     port = _free_port()
     proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", "ingress.app:application"],
-                   env={"RABBITMQ_URL": rabbit.url_via(broker_url, proxy.port), "JWT_SECRET": jwt_secret,
-                        "JWT_ALGORITHM": "HS256", "PORT": str(port), "WEB_CONCURRENCY": "2",
+                   env={"RABBITMQ_URL": rabbit.url_via(broker_url, proxy.port), **auth.ingress_env(jwt_secret),
+                        "PORT": str(port), "WEB_CONCURRENCY": "2",
                         "GUNICORN_THREADS": "4", "MAX_BODY_BYTES": str(MAX_BODY),
                         "MAX_BATCH_EVENTS": str(MAX_EVENTS), "PUBLISH_TIMEOUT_S": "3",
                         "BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S), "PYTHONUNBUFFERED": "1"})
@@ -251,8 +250,19 @@ def test_a_duplicate_key_is_named(ingress, watcher):
     (lambda app, sub: jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, None, algorithm="none"), "alg none"),
     (lambda app, sub: app.token(sub, key="another-key-another-key-another-key-0123"), "wrong key"),
     (lambda app, sub: app.token(sub, algorithm="HS512"), "another algorithm"),
-    (lambda app, sub: jwt.encode({"sub": sub}, app.secret, algorithm="HS256"), "no exp"),
-    (lambda app, sub: jwt.encode({"exp": int(time.time()) + 300}, app.secret, algorithm="HS256"), "no sub"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub), "exp"), app.secret, algorithm="HS256"), "no exp"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub), "sub"), app.secret, algorithm="HS256"), "no sub"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub), "iss"), app.secret, algorithm="HS256"), "no iss"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub), "aud"), app.secret, algorithm="HS256"), "no aud"),
+    (lambda app, sub: app.token(sub, iss="someone-else"), "another issuer"),
+    (lambda app, sub: app.token(sub, aud="someone-else"), "another audience"),
+    # JWT_MAX_TTL_S (default 86400): a long-lived token is refused even while it is unexpired
+    (lambda app, sub: app.token(sub, ttl_s=86400 + 3600), "lifetime above JWT_MAX_TTL_S"),
+    (lambda app, sub: app.token(sub, iat=int(time.time()) - 86400, exp=int(time.time()) + 3600),
+     "issued over JWT_MAX_TTL_S before its exp"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub, ttl_s=86400 + 3600), "iat"), app.secret,
+                                 algorithm="HS256"), "no iat and exp beyond JWT_MAX_TTL_S"),
+    (lambda app, sub: app.token(sub, ttl_s=10 * 365 * 86400), "ten years"),
     (lambda app, sub: "not-a-jwt", "garbage"),
 ])
 def test_without_a_valid_token_it_is_401(ingress, watcher, make_token, what):
@@ -261,6 +271,20 @@ def test_without_a_valid_token_it_is_401(ingress, watcher, make_token, what):
     assert (status, body["error"]) == (401, "unauthorized"), what
     assert headers["www-authenticate"].startswith("Bearer")
     assert nothing_published(watcher)
+
+
+def _without(claims: dict, name: str) -> dict:
+    return {k: v for k, v in claims.items() if k != name}
+
+
+@pytest.mark.parametrize("make_token, what", [
+    (lambda app, sub: app.token(sub, ttl_s=86400), "a lifetime of exactly JWT_MAX_TTL_S"),
+    (lambda app, sub: jwt.encode(_without(auth.claims(sub, ttl_s=3600), "iat"), app.secret, algorithm="HS256"),
+     "no iat, exp within JWT_MAX_TTL_S"),
+])
+def test_a_token_within_the_lifetime_limit_is_accepted(ingress, watcher, make_token, what):
+    seed = event()
+    assert ingress.post(seed, token=make_token(ingress, seed["user_id"]))[0] == 202, what
 
 
 def test_an_event_for_another_user_is_403(ingress, watcher):
@@ -426,11 +450,27 @@ def test_a_body_that_stops_arriving_is_408_and_the_ingress_keeps_answering(ingre
         started = time.monotonic()
         answer = stalled.recv(65536)
         waited = time.monotonic() - started
+        answer = _whole_answer(stalled, answer)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
     assert BODY_READ_TIMEOUT_S <= waited < BODY_READ_TIMEOUT_S + 5
     assert nothing_published(watcher)
     assert ingress.post(event())[0] == 202
+
+
+def _whole_answer(sock, answer: bytes) -> bytes:
+    """All of an HTTP answer that began with `answer`: head and body may arrive in separate segments."""
+    while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_each_request_logs_one_json_line_without_the_token(ingress):

@@ -6,10 +6,10 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-import jwt
 import orjson
 import pytest
 
+from tests.support import auth
 from tests.support.events import SEED_DATA, rfc3339
 from tests.support.metrics import scrape
 from tests.support.processes import Process
@@ -38,8 +38,8 @@ def ingress(vhost, watched, jwt_secret):
     proxy = TcpProxy("127.0.0.1", 5672)
     port = free_port()
     proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", "ingress.app:application"],
-                   env={"RABBITMQ_URL": url_via(vhost, proxy.port), "JWT_SECRET": jwt_secret,
-                        "JWT_ALGORITHM": "HS256", "PORT": str(port), "WEB_CONCURRENCY": "2",
+                   env={"RABBITMQ_URL": url_via(vhost, proxy.port), **auth.ingress_env(jwt_secret),
+                        "PORT": str(port), "WEB_CONCURRENCY": "2",
                         "GUNICORN_THREADS": "4", "PUBLISH_TIMEOUT_S": "3", "PYTHONUNBUFFERED": "1"})
     try:
         wait_for(lambda: readiness(port) == {200}, timeout=30, message=f"ingress ready: {proc.text()[-2000:]}")
@@ -80,8 +80,7 @@ def event(user_id: str, **overrides) -> dict:
 def test_requests_publishes_and_failures_are_counted_exactly(ingress, watched, jwt_secret):
     port, proxy = ingress
     user = str(uuid.uuid4())
-    token = jwt.encode({"sub": user, "exp": int(datetime.now(timezone.utc).timestamp()) + 300}, jwt_secret,
-                       algorithm="HS256")
+    token = auth.encode(jwt_secret, user)
     before = scrape(port)
 
     # When 3 events and a batch of 2 are accepted, 2 posts lack a token, 1 breaks the schema,

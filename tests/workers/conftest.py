@@ -1,7 +1,7 @@
 import pytest
 
-from shared.config import JwtConfig
 from shared.tokens import mint
+from tests.support.auth import jwt_config
 from tests.support.processes import workers_cli
 from tests.support.rabbit import wait_for
 from tests.test_end_to_end import _ready, free_port
@@ -42,7 +42,7 @@ def start_ingress(base_env):
 @pytest.fixture
 def bearer(jwt_secret):
     """bearer(user_id) → a bearer token the test ingress accepts."""
-    return lambda user_id: mint(user_id, JwtConfig(secret=jwt_secret))
+    return lambda user_id: mint(user_id, jwt_config(jwt_secret))
 
 
 def answering_queries(proc) -> bool:

@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from shared import migrate
-from shared.config import JwtConfig
 from shared.tokens import mint
 from tests.conftest import PG, _drop_database, query
 from tests.support import rabbit
+from tests.support.auth import ingress_env, jwt_config
 from tests.support.events import dumps, event
 from tests.support.http import call
 from tests.support.processes import workers_cli
@@ -45,7 +45,7 @@ class Stack:
         return proc
 
     def token(self, user_id: str) -> str:
-        return mint(user_id, JwtConfig(secret=self.jwt_secret))
+        return mint(user_id, jwt_config(self.jwt_secret))
 
     def post(self, user_id: str, body: dict):
         return call(self.port, "POST", EVENTS, self.token(user_id), body)
@@ -60,7 +60,7 @@ class Stack:
 def stack(jwt_secret, feed_keys):
     vhost, url = rabbit.create_vhost()
     db_name = f"dm_test_{uuid.uuid4().hex[:10]}"
-    env = {"RABBITMQ_URL": url, "JWT_SECRET": jwt_secret, "JWT_ALGORITHM": "HS256",
+    env = {"RABBITMQ_URL": url, **ingress_env(jwt_secret),
            "FEED_TOKEN_PRIVATE_KEY": feed_keys[0], "FEED_TOKEN_PUBLIC_KEY": feed_keys[1],
            "DM_DATABASE_URL": PG + db_name, "PORT": str(free_port()), "LOG_LEVEL": "INFO",
            "RETRY_DELAYS_S": "1,2", "MAX_ATTEMPTS": "3", "OUTBOX_RELAY_INTERVAL_S": "1", "PREFETCH": "10",
