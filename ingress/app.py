@@ -4,6 +4,8 @@ Run it under gunicorn: see ingress/gunicorn_conf.py.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import threading
@@ -15,12 +17,13 @@ import orjson
 import pika
 
 from ingress import batch, documents, frames, metrics, reads
+from ingress.ratelimit import UserRateLimiter
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
 from ingress.publisher import REPLY_TO, UNROUTABLE, BrokerUnavailable, Nacked, PublishError, Publisher, PublishTimeout
 from shared import broker, contracts, process
 from shared.config import Config
-from shared.envelope import new_event, outcome_id
+from shared.envelope import new_event
 from shared.errors import InvalidEvent
 from shared.logging import DeferredLines, log, setup_logging
 from shared.topology import QUERY_EXCHANGE
@@ -51,6 +54,7 @@ class App:
     def __init__(self, config: Config):
         self.config = config
         self.verifier = Verifier(config.jwt)  # fails at start, not per request, when no key is set
+        self.limiter = UserRateLimiter.from_env()
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
         self._schemas = {t: orjson.dumps(contracts.event_schema(t)) for t in contracts.data_schemas()}
@@ -170,12 +174,20 @@ class App:
         seen["user_id"] = subject
         return subject
 
+    def _spend(self, subject: str, events: int) -> None:
+        """429 when this user has used up their events for now; other users are not affected."""
+        wait = self.limiter.take(subject, events)
+        if wait:
+            raise Rejected(429, "rate_limited", f"too many events from this user: retry in {wait}s",
+                           headers=(("Retry-After", str(wait)),))
+
     def post_events(self, environ, seen):
         subject = self._subject(environ, seen)
         self._check_media_type(environ.get("CONTENT_TYPE", ""))
         envelopes = batch.parse(self._read_body(environ), subject, self.config.max_batch_events,
                                 self.config.max_clock_skew_s)
         seen["count"] = len(envelopes)
+        self._spend(subject, len(envelopes))
         asked = sorted({e.event_type for e in envelopes} & QUERY_EVENT_TYPES)
         if asked and len(envelopes) > 1:
             raise Rejected(422, "send_alone", f"{', '.join(asked)} must be posted on its own, not in a batch")
@@ -186,18 +198,31 @@ class App:
         return self._publish(envelopes, _trace_headers(environ))
 
     def complete_video(self, environ, seen):
-        """The upload finished: `media.uploaded` for the video worker to verify (owner, object)."""
+        """The upload finished: `media.uploaded` for the video worker to verify (object, size, type).
+
+        The video worker first says whether the caller has this video at all (query path): a
+        missing or someone else's video is a 404 now, not a message that dies in a dead-letter
+        queue. The event's id is keyed with EVENT_ID_KEY: one id per video and caller, so a retried
+        completion is deduplicated, and one no client can compute and claim first.
+        """
         subject = self._subject(environ, seen)
+        self._spend(subject, 1)
         video_id = str(uuid.UUID(_VIDEO_COMPLETE.match(environ["PATH_INFO"]).group(1)))
-        # one id per video and caller: a retried completion is the same event (deduplicated),
-        # and a stranger's attempt is its own event, refused by the worker as forbidden
+        headers = _trace_headers(environ)
+        self._ask("video.upload.get", orjson.dumps({"user_id": subject, "params": {"video_id": video_id}}),
+                  headers, invalid_status=400)
         event = new_event("media.uploaded", subject, {"video_id": video_id}, "ingress",
-                          outcome_id(video_id, f"media.uploaded/{subject}"))
-        return self._publish([event], _trace_headers(environ))
+                          self._server_event_id("media.uploaded", video_id, subject))
+        return self._publish([event], headers)
+
+    def _server_event_id(self, *parts: str) -> uuid.UUID:
+        digest = hmac.new(self.config.event_id_key, "/".join(parts).encode(), hashlib.sha256).digest()
+        return uuid.UUID(bytes=digest[:16], version=4)
 
     def read(self, environ, seen):
         """A page the app shows, answered by the worker that owns the data (query path)."""
         subject = self._subject(environ, seen)
+        self._spend(subject, 1)
         query = reads.query(environ, subject)
         return 200, self._ask(query.name, orjson.dumps(query.body), _trace_headers(environ), invalid_status=400), ()
 

@@ -29,7 +29,8 @@ _ERRORS = {
     "415": "unsupported_media_type: Content-Type must be application/json",
     "422": "schema_violation (with field), unknown_event_type, unsupported_version, "
            "event_type_not_allowed, duplicate_id, or no_consumer (no queue takes the event type)",
-    "429": "rate_limited: too many passcode attempts for this feed; retry after Retry-After seconds",
+    "429": "rate_limited: too many events from this user (RATE_LIMIT_BURST, then RATE_LIMIT_EVENTS_PER_S), too many "
+           "passcode attempts, or too many visibility changes; keep the events and retry after Retry-After seconds",
     "503": "broker_unavailable: keep the events and retry after Retry-After seconds",
     "504": "timeout: a query event (feed.visibility.updated, feed.access.attempt) got no answer in time; "
            "re-send it",
@@ -40,6 +41,7 @@ _READ_ERRORS = {
            "(expired, forged, or issued before the passcode changed)",
     "403": "forbidden: the feed has a passcode and no access token for it was sent",
     "404": "not_found",
+    "429": "rate_limited: too many requests from this user; retry after Retry-After seconds",
     "503": "broker_unavailable or no_worker",
     "504": "timeout: the worker did not answer in time",
 }

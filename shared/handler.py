@@ -124,9 +124,10 @@ class Context:
         return bool(claimed)
 
     def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:
-        """Queue an outcome event; its id derives from the cause so a replay emits the same id."""
+        """Queue an outcome event; its id derives from the cause (its id and its sender: ids are
+        unique per sender) so a replay emits the same id."""
         event = new_event(event_type, user_id or cause.user_id, data, self.worker,
-                          outcome_id(cause.client_generated_id, event_type))
+                          outcome_id(cause.client_generated_id, f"{event_type}/{cause.user_id}"))
         contracts.validate(event.to_dict())  # our own bug, caught before it reaches anyone
         self._unsent_outbox.append(event)
         return event

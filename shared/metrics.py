@@ -40,6 +40,8 @@ OUTBOX_BACKLOG = Gauge("spotter_outbox_backlog", "Outcome events committed but n
 QUERIES = Counter("spotter_queries", "Queries answered off the worker's query queue, by status (ok, or the "
                   "error the caller was told)", ("worker", "query", "status"), registry=REGISTRY)
 
+PASSCODE_LOCKOUTS = Counter("spotter_passcode_lockouts", "Feeds (scope=feed) or viewers (scope=viewer) that reached "
+                            "their cap of wrong passcodes for the window", ("worker", "scope"), registry=REGISTRY)
 
 class WorkerMetrics:
     """The children of one worker's metrics, looked up once: a batch costs a few dict reads."""

@@ -149,43 +149,46 @@ class BatchProcessor:
 
 
 _CLAIM = ("INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, payload_hash) "
-          "VALUES %s ON CONFLICT DO NOTHING RETURNING client_generated_id::text")
+          "VALUES %s ON CONFLICT DO NOTHING RETURNING user_id::text, client_generated_id::text")
 
 
 def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]]):
     """Insert every idempotency key in one statement; the ones already there are duplicates
-    (same user and payload) or conflicts (anything else)."""
-    first: dict[str, Envelope] = {}
+    (same payload) or conflicts (another payload). Keys are per sender: another user's event
+    with the same id is a different event, never a conflict."""
+    first: dict[tuple[str, str], Envelope] = {}
     unique, verdicts = [], []
     for d, e in items:
-        seen = first.get(e.id)
+        seen = first.get((e.user_id, e.id))
         if seen is None:
-            first[e.id] = e
+            first[(e.user_id, e.id)] = e
             unique.append((d, e))
-        elif seen.user_id == e.user_id and seen.payload_hash == e.payload_hash:
+        elif seen.payload_hash == e.payload_hash:
             verdicts.append(Verdict(d, DUPLICATE, e))
         else:
             verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
-                f"client_generated_id {e.id} reused with another user or payload")))
+                f"client_generated_id {e.id} reused with another payload")))
     with conn.cursor() as cur:
         rows = db.execute_rows(cur, _CLAIM, "(%s, %s::uuid, %s::uuid, %s, decode(%s, 'hex'))",
                                [(consumer, e.id, e.user_id, e.event_type, e.payload_hash.hex()) for _, e in unique],
                                fetch=True)
-        fresh = {r[0] for r in rows}
-        taken = [e.id for _, e in unique if e.id not in fresh]
+        fresh = {(r[0], r[1]) for r in rows}
+        taken = [e for _, e in unique if (e.user_id, e.id) not in fresh]
         existing = {}
         if taken:
-            cur.execute("SELECT client_generated_id::text, user_id::text, payload_hash FROM idempotency_keys "
-                        "WHERE consumer = %s AND client_generated_id = ANY(%s::uuid[])",
-                        (consumer, taken))
-            existing = {r[0]: (r[1], bytes(r[2])) for r in cur.fetchall()}
+            cur.execute("SELECT user_id::text, client_generated_id::text, payload_hash FROM idempotency_keys "
+                        "WHERE consumer = %s AND (user_id, client_generated_id) IN "
+                        "(SELECT * FROM unnest(%s::uuid[], %s::uuid[]))",
+                        (consumer, [e.user_id for e in taken], [e.id for e in taken]))
+            existing = {(r[0], r[1]): bytes(r[2]) for r in cur.fetchall()}
     claimed = []
     for d, e in unique:
-        if e.id in fresh:
+        key = (e.user_id, e.id)
+        if key in fresh:
             claimed.append((d, e))
-        elif existing.get(e.id) == (e.user_id, e.payload_hash):
+        elif existing.get(key) == e.payload_hash:
             verdicts.append(Verdict(d, DUPLICATE, e))
         else:
             verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
-                f"client_generated_id {e.id} was already used with another user or payload")))
+                f"client_generated_id {e.id} was already used with another payload")))
     return claimed, verdicts

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 
+from shared.envelope import rfc3339
 from shared.feedtokens import generate_keypair
 from shared.tokens import mint
 from tests.conftest import PG, _drop_database, query
@@ -83,6 +84,8 @@ def stack(jwt_secret, feed_keys, local_s3):
            "FEED_TOKEN_PRIVATE_KEY": feed_keys[0], "FEED_TOKEN_PUBLIC_KEY": feed_keys[1],
            "SETTINGS_DATABASE_URL": databases["settings"], "VIDEO_DATABASE_URL": databases["video"],
            "PORT": str(free_port()), "QUERY_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1",
+           # the tests set many passcodes quickly; test_access_limits.py covers the default budget
+           "FEED_VISIBILITY_HASHES_PER_S": "50",
            **local_s3.env(f"feed-{uuid.uuid4().hex[:12]}")}
     run_cli("migrate", "settings", "video", "--create", env=env)
     run_cli("topology", env=env)
@@ -250,6 +253,78 @@ def test_sixth_wrong_attempt_is_429_and_computes_no_hash(stack):
         [("denied", True)] * 5 + [("rate_limited", False)] * 2
     # another viewer of the same feed is not held back by this one
     assert stack.attempt(str(uuid.uuid4()), owner, code)[0] == 200
+
+
+def test_a_change_dated_in_the_future_does_not_pin_the_old_passcode(stack):
+    """A phone whose clock runs fast sets a passcode; a later rotation and a switch back to public
+    from a correct clock both take effect, and the old passcode and its tokens stop working."""
+    owner, viewer = users(2)
+    old, new = passcode(), passcode()
+    future = rfc3339(datetime.now(timezone.utc) + timedelta(seconds=240))
+    status, body, _ = call(stack.port, "POST", EVENTS, stack.token(owner), event(
+        "feed.visibility.updated", data={"mode": "passcode", "passcode": old}, user_id=owner, timestamp=future))
+    assert status == 200, body
+    old_token = stack.access_token(viewer, owner, old)
+    rotated = stack.set_passcode(owner, new)
+    assert rotated["passcode_version"] == body["result"]["passcode_version"] + 1 and "superseded" not in rotated
+    assert stack.attempt(viewer, owner, old)[0] == 403
+    assert stack.feed(viewer, owner, old_token)[0] == 401
+    assert stack.attempt(viewer, owner, new)[0] == 200
+    assert stack.set_passcode(owner, None)["mode"] == "public"
+    assert stack.feed(viewer, owner)[0] == 200
+
+
+def test_a_passcode_shorter_than_six_characters_is_refused_at_the_ingress(stack):
+    owner = users(1)[0]
+    status, body, _ = stack.post(owner, "feed.visibility.updated", {"mode": "passcode", "passcode": "12345"})
+    assert (status, body["error"], body.get("field")) == (422, "schema_violation", "data.passcode")
+    assert query(stack.settings_db, "SELECT count(*) FROM feed_visibility WHERE owner_id = %s", (owner,)) == [(0,)]
+
+
+def test_rotating_accounts_cannot_brute_force_a_feed_and_its_owner_is_told(stack):
+    """Nine accounts guessing a PIN: the feed takes 20 wrong passcodes in a window, from anyone."""
+    owner, honest = users(2)
+    code = passcode()
+    stack.set_passcode(owner, code)
+    client = rabbit.Rabbit(stack.env["RABBITMQ_URL"])
+    try:
+        tap = client.tap("app.events", "feed.access.locked")
+        answers = [stack.attempt(attacker, owner, f"{guess:06d}")[0]
+                   for attacker in users(9) for guess in range(5)]
+        assert answers[:20] == [403] * 20 and set(answers[20:]) == {429}
+        # the price, stated in the README: an honest viewer waits for the window too
+        status, body, headers = stack.attempt(honest, owner, code)
+        assert (status, body["error"]) == (429, "rate_limited") and 0 < int(headers["Retry-After"]) <= 900
+        locked = wait_for(lambda: client.drain(tap), message="feed.access.locked")
+    finally:
+        client.close()
+    assert len(locked) == 1
+    announced = json.loads(locked[0][1])
+    assert announced["user_id"] == owner
+    assert announced["data"]["feed_owner_id"] == owner and announced["data"]["failed_attempts"] == 20
+    hashed = [l for l in stack.logs("settings") if l.get("msg") == "feed access attempt"
+              and l.get("feed_owner_id") == owner and l.get("passcode_checked")]
+    assert len(hashed) == 20  # no hash once the feed is locked
+
+
+def test_one_account_rotating_feeds_is_capped_across_all_of_them(stack):
+    viewer, *owners = users(7)
+    for owner in owners:
+        stack.set_passcode(owner, passcode())
+    answers = [stack.attempt(viewer, owner, passcode())[0] for owner in owners for _ in range(4)]
+    assert answers[:20] == [403] * 20 and answers[20:] == [429] * 4
+    # the feeds themselves are not locked for others
+    assert stack.attempt(str(uuid.uuid4()), owners[-1], passcode())[0] == 403
+
+
+def test_an_owner_changes_visibility_at_most_ten_times_an_hour(stack):
+    owner = users(1)[0]
+    modes = [{"mode": "public"}, {"mode": "passcode", "passcode": passcode()}] * 6
+    answers = [stack.post(owner, "feed.visibility.updated", data) for data in modes[:11]]
+    assert [a[0] for a in answers] == [200] * 10 + [429]
+    assert int(answers[-1][2]["Retry-After"]) > 0
+    versions = query(stack.settings_db, "SELECT passcode_version FROM feed_visibility WHERE owner_id = %s", (owner,))
+    assert versions == [(10,)]
 
 
 def test_public_feed_is_readable_by_any_signed_in_user_and_not_without_a_token(stack):

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import query
 from tests.support.processes import run_cli, workers_cli
-from tests.support.rabbit import wait_for
+from tests.support.rabbit import Rabbit, wait_for
 from tests.support.uploads import post_form
 from tests.test_end_to_end import _ready, free_port
 from tests.support.events import event
@@ -81,3 +81,56 @@ def test_upload_complete_and_the_post_appears(stack, storage, tmp_path):
     assert (video["width"], video["height"]) == (640, 360)  # never upscaled
     assert abs(float(probe["format"]["duration"]) - 3.0) <= 0.1
     assert ffprobe(thumbnail)["streams"][0]["codec_name"] == "mjpeg"
+
+
+def _request_upload(port, token, owner, clip_size: int, **envelope) -> tuple[str, dict]:
+    video_id = str(uuid.uuid4())
+    status, body = request(port, "POST", "/api/v1/notify/events", token, event(
+        "media.upload_requested", user_id=owner, **envelope,
+        data={"video_id": video_id, "filename": "clip.mp4", "content_type": "video/mp4", "size_bytes": clip_size}))
+    assert status == 200, body
+    return video_id, body["result"]["upload"]
+
+
+def test_completing_a_missing_or_someone_elses_video_is_404_at_once(stack, storage):
+    env, db = stack
+    port = int(env["PORT"])
+    owner, stranger = str(uuid.uuid4()), str(uuid.uuid4())
+    owner_token, stranger_token = (run_cli("token", u, env=env).stdout.strip() for u in (owner, stranger))
+    video_id, _ = _request_upload(port, owner_token, owner, 1000)
+    for token, vid in ((owner_token, str(uuid.uuid4())), (stranger_token, video_id)):
+        status, body = request(port, "POST", f"/api/v1/videos/{vid}/complete", token)
+        assert (status, body["error"]) == (404, "not_found"), body
+    # nothing was queued to die: the video worker's dead-letter queue stays empty
+    client = Rabbit(env["RABBITMQ_URL"])
+    try:
+        assert client.depth("video.dead") == 0
+    finally:
+        client.close()
+    assert query(db, "SELECT status FROM videos WHERE video_id = %s", (video_id,)) == [("pending_upload",)]
+
+
+def test_a_stranger_cannot_pre_claim_the_completion_of_someone_elses_video(stack, storage, tmp_path):
+    """The stranger posts an event to the video worker under the id the completion used to get
+    (uuid5 of the video and owner ids, both visible to them): the owner's completion still lands."""
+    env, db = stack
+    port = int(env["PORT"])
+    owner, stranger = str(uuid.uuid4()), str(uuid.uuid4())
+    owner_token, stranger_token = (run_cli("token", u, env=env).stdout.strip() for u in (owner, stranger))
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=1",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    video_id, upload = _request_upload(port, owner_token, owner, clip.stat().st_size)
+    guessed = str(uuid.uuid5(uuid.UUID(video_id), f"media.uploaded/{owner}"))
+    _request_upload(port, stranger_token, stranger, 1000, event_id=guessed)
+    assert post_form(upload, clip.read_bytes())[0] in (200, 201, 204)
+    status, body = request(port, "POST", f"/api/v1/videos/{video_id}/complete", owner_token)
+    assert status == 202, body
+    assert body["accepted"] != [guessed]
+    wait_for(lambda: query(db, "SELECT status FROM videos WHERE video_id = %s", (video_id,))[0][0]
+             in ("uploaded", "processing", "ready"), timeout=30, message="the owner's completion verified")
+    client = Rabbit(env["RABBITMQ_URL"])
+    try:
+        assert client.depth("video.dead") == 0
+    finally:
+        client.close()

@@ -10,7 +10,7 @@ import orjson
 
 from shared.envelope import Envelope, canonical_id, outcome_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, PermanentError
-from shared.handler import Context, WorkerSpec
+from shared.handler import Context, Request, WorkerSpec
 from shared.logging import log
 from shared.storage import MB, process_storage
 from workers import feed_reads
@@ -79,6 +79,16 @@ def verify_upload(ctx: Context, event: Envelope) -> None:
                 "WHERE video_id = %s", (reason, video_id))
     ctx.emit("media.failed", {"video_id": video_id, "reason": reason, "code": code}, cause=event)
     storage.delete(key)  # whatever storage let through must not stay in the bucket
+
+
+def read_upload(ctx: Context, request: Request) -> dict:
+    """The caller's own video (before /complete is queued); another user's reads as missing."""
+    video_id = canonical_id(request.params["video_id"])
+    ctx.cur.execute("SELECT status FROM videos WHERE video_id = %s AND owner_id = %s", (video_id, request.user_id))
+    row = ctx.cur.fetchone()
+    if row is None:
+        raise NotFound(f"you have no video {video_id}: request an upload first")
+    return {"video_id": video_id, "status": row[0]}
 
 
 def _upload_problem(obj: dict | None, declared_type: str, max_bytes: int) -> tuple[str, str] | None:
@@ -230,6 +240,7 @@ HANDLERS = {
 
 # Answered at once to a waiting caller, off video.queries.
 QUERIES = {
+    "video.upload.get": read_upload,
     "feed.posts": feed_reads.read_feed,
     "post.comments": feed_reads.read_comments,
 }

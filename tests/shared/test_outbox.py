@@ -40,5 +40,5 @@ def test_crash_between_commit_and_outbox_publish_still_publishes_once(base_env, 
     finally:
         restarted.terminate()
     ids = [p.message_id for p, _ in rmq.drain(outcomes)]
-    assert ids == [str(outcome_id(e["client_generated_id"], "probe.recorded"))]
+    assert ids == [str(outcome_id(e["client_generated_id"], f"probe.recorded/{e['user_id']}"))]
     assert query(settings_db, "SELECT count(*) FROM probe")[0][0] == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -70,6 +71,22 @@ def test_same_id_with_another_payload_is_a_conflict_not_a_silent_skip(start_work
     (props, _), = rmq.drain("settings.dead")
     assert props.headers["x-dead-reason"] == "idempotency_conflict"
     assert query(settings_db, "SELECT age FROM user_settings")[0][0] == 28
+
+
+def test_an_id_another_user_claimed_first_never_blocks_the_owners_event(start_worker, settings_db, rmq):
+    """An attacker who learns an event id posts first under it: the owner's event still lands."""
+    owner_event = event()
+    squatter = {**owner_event, "user_id": str(uuid.uuid4()), "data": {**SEED_DATA, "age": 99}}
+    consuming(start_worker("settings", SETTINGS_DATABASE_URL=settings_db))
+    rmq.publish("app.events", "user.settings.submitted", dumps(squatter))
+    wait_for(lambda: rows(settings_db) == 1)
+    rmq.publish("app.events", "user.settings.submitted", dumps(owner_event))
+    rmq.publish("app.events", "user.settings.submitted", dumps(owner_event))  # and its retry
+    wait_for(lambda: rows(settings_db) == 2)
+    time.sleep(0.5)
+    assert rmq.depth("settings.dead") == 0
+    assert dict(query(settings_db, "SELECT user_id::text, age FROM user_settings")) == {
+        owner_event["user_id"]: 28, squatter["user_id"]: 99}
 
 
 def test_newest_event_wins_across_two_worker_processes(start_worker, settings_db, rmq):

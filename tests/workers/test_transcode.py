@@ -185,7 +185,7 @@ def test_upload_becomes_a_playable_720p_rendition_and_a_thumbnail(run_transcoder
     (out,) = received(rmq, processed, 1)
     assert out["event_type"] == "media.processed" and out["source_service"] == "transcode"
     assert out["user_id"] == user
-    assert out["client_generated_id"] == str(uuid.uuid5(uuid.UUID(verified["client_generated_id"]), "media.processed"))
+    assert out["client_generated_id"] == str(uuid.uuid5(uuid.UUID(verified["client_generated_id"]), f"media.processed/{user}"))
     data = out["data"]
     rendition_key, thumbnail_key = f"media/{user}/{video}/720p.mp4", f"media/{user}/{video}/thumb.jpg"
     assert data["video_id"] == video and data["thumbnail_key"] == thumbnail_key
