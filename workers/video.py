@@ -84,8 +84,9 @@ def verify_upload(ctx: Context, event: Envelope) -> None:
 def read_upload(ctx: Context, request: Request) -> dict:
     """The caller's own video (before /complete is queued); another user's reads as missing."""
     video_id = canonical_id(request.params["video_id"])
-    ctx.cur.execute("SELECT status FROM videos WHERE video_id = %s AND owner_id = %s", (video_id, request.user_id))
-    row = ctx.cur.fetchone()
+    cur = ctx.cur
+    cur.execute("SELECT status FROM videos WHERE video_id = %s AND owner_id = %s", (video_id, request.user_id))
+    row = cur.fetchone()
     if row is None:
         raise NotFound(f"you have no video {video_id}: request an upload first")
     return {"video_id": video_id, "status": row[0]}
