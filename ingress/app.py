@@ -12,11 +12,12 @@ import threading
 import time
 import uuid
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 import orjson
 import pika
 
-from ingress import batch, documents, frames, metrics, reads
+from ingress import batch, documents, frames, metrics, outcomes, reads
 from ingress.ratelimit import UserRateLimiter
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
@@ -39,6 +40,8 @@ _REPLY_ERRORS = {"forbidden": 403, "access_denied": 403, "unauthorized": 401, "n
                  "idempotency_conflict": 409, "already_uploaded": 409, "rate_limited": 429,
                  "unavailable": 503, "unknown_query": 503, "internal_error": 502}
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
+_EVENT_RECEIPT = re.compile(r"^/api/v1/events/([0-9a-fA-F-]{36})$")
+RECEIPTS_PATH, INBOX_PATH = f"{documents.PREFIX}/receipts", f"{documents.PREFIX}/inbox"
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _JSON = ("Content-Type", "application/json")
@@ -55,6 +58,7 @@ class App:
         self.config = config
         self.verifier = Verifier(config.jwt)  # fails at start, not per request, when no key is set
         self.limiter = UserRateLimiter.from_env()
+        self.inbox_waiters = outcomes.InboxWaiters()
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
         self._schemas = {t: orjson.dumps(contracts.event_schema(t)) for t in contracts.data_schemas()}
@@ -67,6 +71,8 @@ class App:
         }
         self._routes = {
             documents.EVENTS_PATH: {"POST": self.post_events},
+            RECEIPTS_PATH: {"POST": self.post_receipts},
+            INBOX_PATH: {"GET": self.read_inbox},
             "/healthz": {"GET": self.healthz},
             "/readyz": {"GET": self.readyz},
             "/metrics": {"GET": self.scrape},
@@ -84,7 +90,9 @@ class App:
                     publisher = self._publisher = Publisher(
                         self.config.rabbitmq_url, name=f"ingress-{process.pid()}",
                         heartbeat_s=self.config.heartbeat_s,
-                        declare_exchanges=((self.config.exchange, "topic"), (QUERY_EXCHANGE, "direct"))).start()
+                        declare_exchanges=((self.config.exchange, "topic"), (QUERY_EXCHANGE, "direct")),
+                        subscribe=((self.config.exchange, "inbox.updated"),),
+                        on_event=self.inbox_waiters.wake).start()
         return publisher
 
     def warm(self, timeout: float = 3.0) -> bool:
@@ -137,6 +145,8 @@ class App:
             return f"{SCHEMA_PREFIX}{{event_type}}", {"GET": self.event_schema}
         if _VIDEO_COMPLETE.match(path):
             return "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
+        if _EVENT_RECEIPT.match(path):
+            return "/api/v1/events/{client_generated_id}", {"GET": self.event_receipt}
         read = reads.match(path)
         if read:
             return read.route, {"GET": self.read}
@@ -218,6 +228,33 @@ class App:
     def _server_event_id(self, *parts: str) -> uuid.UUID:
         digest = hmac.new(self.config.event_id_key, "/".join(parts).encode(), hashlib.sha256).digest()
         return uuid.UUID(bytes=digest[:16], version=4)
+
+    def post_receipts(self, environ, seen):
+        """What became of each event: applied, rejected (why) or pending, in the order asked."""
+        subject = self._subject(environ, seen)
+        self._check_media_type(environ.get("CONTENT_TYPE", ""))
+        items = outcomes.parse_receipt_request(self._read_body(environ), self.config.max_batch_events)
+        seen["count"] = len(items)
+        self._spend(subject, max(1, len(items)))
+        return 200, {"receipts": outcomes.receipts(self._ask_json, subject, items)}, ()
+
+    def event_receipt(self, environ, seen):
+        subject = self._subject(environ, seen)
+        self._spend(subject, 1)
+        event_id = _EVENT_RECEIPT.match(environ["PATH_INFO"]).group(1)
+        event_type = (parse_qs(environ.get("QUERY_STRING", "")).get("event_type") or [None])[-1]
+        item = outcomes.receipt_item({"client_generated_id": event_id, "event_type": event_type})
+        return 200, outcomes.receipts(self._ask_json, subject, [item])[0], ()
+
+    def read_inbox(self, environ, seen):
+        """The caller's outcome items after a cursor; ?wait=S holds the request until one comes."""
+        subject = self._subject(environ, seen)
+        self._spend(subject, 1)
+        params, wait_s = outcomes.inbox_params(environ)
+        return 200, outcomes.read_inbox(self._ask_json, self.inbox_waiters, subject, params, wait_s), ()
+
+    def _ask_json(self, name: str, body: bytes) -> dict:
+        return self._ask(name, body, None, invalid_status=400)
 
     def read(self, environ, seen):
         """A page the app shows, answered by the worker that owns the data (query path)."""

@@ -38,7 +38,9 @@ server.answer_errors_in_json()  # in the master: the workers it forks inherit it
 # threads (gthread) the same machine confirmed about half as many requests per second.
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))  # one per core the process may use
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# inbox long polls (GET /api/v1/inbox?wait=…) hold their connection up to 25 s each: room for
+# thousands of them beside the requests that publish
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "4000"))
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 timeout = 30
 graceful_timeout = 10   # requests last at most publish_timeout_s; stay inside the pod's grace period

@@ -13,6 +13,11 @@ BrokerUnavailable at once, so the caller can answer 503 without waiting.
 
 Request–reply: the channel consumes RabbitMQ's direct reply-to pseudo-queue; `expect_reply()`
 registers a correlation id and the Reply that its answer settles.
+
+Subscriptions: events the ingress itself listens to (`inbox.updated`, to wake long polls) arrive
+on an exclusive, server-named queue of this connection, bound to `subscribe`'s routing keys and
+handed to `on_event(body)`; `on_event(None)` after each (re)connect, since whatever was published
+while the connection was down is lost to this process.
 """
 from __future__ import annotations
 
@@ -125,10 +130,12 @@ class Publisher:
     """Publishes with mandatory and publisher confirms; reconnects with growing backoff."""
 
     def __init__(self, url: str, name: str = "spotter-ingress", heartbeat_s: int = 30,
-                 blocked_timeout_s: float = 10.0, declare_exchanges: tuple[tuple[str, str], ...] = ()):
+                 blocked_timeout_s: float = 10.0, declare_exchanges: tuple[tuple[str, str], ...] = (),
+                 subscribe: tuple[tuple[str, str], ...] = (), on_event=None):
         self._params = broker.parameters(url, heartbeat_s=heartbeat_s,
                                          blocked_timeout_s=blocked_timeout_s, client_name=name)
         self._declare_exchanges = declare_exchanges  # (name, type): what we publish to
+        self._subscribe, self._on_event = subscribe, on_event  # (exchange, routing key) → on_event(body)
         self.pid = process.pid()  # a pika connection must never cross a fork
         self._ready = Event()
         self._closed = Event()
@@ -246,11 +253,34 @@ class Publisher:
         # Same declarations as the topology: publishing to a missing exchange would close the
         # channel (404) on every request; an existing exchange with no queue gives a clean 422.
         if not exchanges:
-            self._mark_ready()
+            self._start_subscriptions()
             return
         (name, kind), rest = exchanges[0], exchanges[1:]
         self._channel.exchange_declare(name, exchange_type=kind, durable=True,
                                        callback=lambda _f: self._declare_next(rest))
+
+    def _start_subscriptions(self) -> None:
+        if not self._subscribe or self._on_event is None:
+            self._mark_ready()
+            return
+        self._channel.queue_declare("", exclusive=True, auto_delete=True, arguments={"x-message-ttl": 30_000},
+                                    callback=lambda frame: self._bind_next(frame.method.queue, list(self._subscribe)))
+
+    def _bind_next(self, queue: str, bindings: list[tuple[str, str]]) -> None:
+        if bindings:
+            (exchange, key), rest = bindings[0], bindings[1:]
+            self._channel.queue_bind(queue, exchange, routing_key=key,
+                                     callback=lambda _f: self._bind_next(queue, rest))
+            return
+        self._channel.basic_consume(queue, self._on_subscribed, auto_ack=True)
+        self._mark_ready()
+        self._on_event(None)
+
+    def _on_subscribed(self, _channel, _method, _properties, body) -> None:
+        try:
+            self._on_event(body)
+        except Exception:  # a bad message must not take the connection down
+            log.exception("subscribed event failed")
 
     def _mark_ready(self) -> None:
         self._backoff.reset()
