@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 import orjson
 import pika
 
-from ingress import batch, documents, frames, metrics, outcomes, reads
+from ingress import batch, cors, documents, frames, metrics, outcomes, reads
 from ingress.ratelimit import UserRateLimiter
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
@@ -41,7 +41,6 @@ _REPLY_ERRORS = {"forbidden": 403, "access_denied": 403, "unauthorized": 401, "n
                  "unavailable": 503, "unknown_query": 503, "internal_error": 502}
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 _EVENT_RECEIPT = re.compile(r"^/api/v1/events/([0-9a-fA-F-]{36})$")
-RECEIPTS_PATH, INBOX_PATH = f"{documents.PREFIX}/receipts", f"{documents.PREFIX}/inbox"
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _JSON = ("Content-Type", "application/json")
@@ -59,6 +58,7 @@ class App:
         self.verifier = Verifier(config.jwt)  # fails at start, not per request, when no key is set
         self.limiter = UserRateLimiter.from_env()
         self.inbox_waiters = outcomes.InboxWaiters()
+        self.cors = cors.Cors.from_env()  # ValueError at start for a malformed CORS_ALLOWED_ORIGINS
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
         self._schemas = {t: orjson.dumps(contracts.event_schema(t)) for t in contracts.data_schemas()}
@@ -71,8 +71,8 @@ class App:
         }
         self._routes = {
             documents.EVENTS_PATH: {"POST": self.post_events},
-            RECEIPTS_PATH: {"POST": self.post_receipts},
-            INBOX_PATH: {"GET": self.read_inbox},
+            documents.RECEIPTS_PATH: {"POST": self.post_receipts},
+            documents.INBOX_PATH: {"GET": self.read_inbox},
             "/healthz": {"GET": self.healthz},
             "/readyz": {"GET": self.readyz},
             "/metrics": {"GET": self.scrape},
@@ -116,10 +116,17 @@ class App:
                 raise Rejected(404, "not_found", f"no route {path[:100]}")
             route = label = matched
             handler = methods.get(method)
-            if handler is None:
+            if handler is not None:
+                code, payload, headers = handler(environ, seen)
+            elif method == "OPTIONS":  # CORS preflight: 204, or Rejected 403 for an origin not allowed
+                code, payload = 204, b""
+                headers = self.cors.preflight(
+                    environ.get("HTTP_ORIGIN"), environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"),
+                    environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS"), methods,
+                    documents.request_headers(matched))[1]
+            else:
                 raise Rejected(405, "method_not_allowed", f"{method} is not allowed here",
                                headers=(("Allow", ", ".join(methods)),))
-            code, payload, headers = handler(environ, seen)
         except Rejected as exc:
             code, payload, headers, error = exc.status, exc.body(), exc.headers, exc.error
         except Exception:
@@ -127,10 +134,16 @@ class App:
             error = "internal_error"
             code, payload, headers = 500, {"error": error, "detail": "internal error"}, ()
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        if headers and headers[0][0] == "Content-Type":  # a handler's own (only /metrics has one)
-            start_response(_STATUS_LINES[code], [headers[0], ("Content-Length", str(len(body))), *headers[1:]])
+        if code == 204:  # a preflight: no body, so neither Content-Type nor Content-Length (RFC 9110 §8.6)
+            start_response(_STATUS_LINES[code], list(headers))
         else:
-            start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))), *headers])
+            cors_headers = self.cors.response_headers(environ.get("HTTP_ORIGIN"))  # () unless an allowed origin
+            if headers and headers[0][0] == "Content-Type":  # a handler's own (only /metrics has one)
+                start_response(_STATUS_LINES[code], [headers[0], ("Content-Length", str(len(body))),
+                                                     *headers[1:], *cors_headers])
+            else:
+                start_response(_STATUS_LINES[code], [_JSON, ("Content-Length", str(len(body))),
+                                                     *headers, *cors_headers])
         metrics.count_request(label, method, code)
         REQUEST_LOG.write("info", "request", {"method": method, "route": route, "status": code, "error": error,
                                               "duration_ms": round((time.perf_counter() - started) * 1000, 2), **seen})
@@ -146,7 +159,7 @@ class App:
         if _VIDEO_COMPLETE.match(path):
             return "/api/v1/videos/{video_id}/complete", {"POST": self.complete_video}
         if _EVENT_RECEIPT.match(path):
-            return "/api/v1/events/{client_generated_id}", {"GET": self.event_receipt}
+            return documents.EVENT_RECEIPT_PATH, {"GET": self.event_receipt}
         read = reads.match(path)
         if read:
             return read.route, {"GET": self.read}
@@ -243,7 +256,10 @@ class App:
         self._spend(subject, 1)
         event_id = _EVENT_RECEIPT.match(environ["PATH_INFO"]).group(1)
         event_type = (parse_qs(environ.get("QUERY_STRING", "")).get("event_type") or [None])[-1]
-        item = outcomes.receipt_item({"client_generated_id": event_id, "event_type": event_type})
+        try:
+            item = outcomes.receipt_item({"client_generated_id": event_id, "event_type": event_type})
+        except Rejected as exc:  # a query string or path, not a body: 400
+            raise Rejected(400, "bad_request", exc.detail, exc.field) from None
         return 200, outcomes.receipts(self._ask_json, subject, [item])[0], ()
 
     def read_inbox(self, environ, seen):

@@ -150,7 +150,7 @@ _RECEIPTS_ERRORS = {
     "401": _ERRORS["401"],
     "413": "body_too_large, or too_many_events in one request",
     "415": _ERRORS["415"],
-    "422": "schema_violation (with field)",
+    "422": "schema_violation or unknown_event_type (with field)",
     "429": _READ_ERRORS["429"],
     "503": _READ_ERRORS["503"],
     "504": _READ_ERRORS["504"],

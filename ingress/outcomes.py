@@ -38,7 +38,7 @@ def parse_receipt_request(body: bytes, max_items: int) -> list[tuple[str, str]]:
     except InvalidEvent as exc:
         raise Rejected(400, "bad_json", exc.detail, exc.field) from None
     events = value.get("events") if isinstance(value, dict) else None
-    if not isinstance(events, list) or set(value) != {"events"}:
+    if not isinstance(events, list) or not events or set(value) != {"events"}:
         raise Rejected(422, "schema_violation", 'expected {"events": [{"client_generated_id", "event_type"}, …]}',
                        "events")
     if len(events) > max_items:
