@@ -21,10 +21,10 @@ from functools import partial
 import orjson
 import pika
 
-from shared import broker, outbox, topology
+from shared import broker, outbox, receipts, topology
 from shared.backoff import Backoff
 from shared.config import Config
-from shared.errors import describe, safe_message
+from shared.errors import describe, public_detail
 from shared.handler import WorkerSpec
 from shared.health import DatabaseCheck, HealthServer
 from shared.logging import log, write_lines
@@ -40,6 +40,7 @@ _OUTCOME_MSG = {PROCESSED: "event processed", DUPLICATE: "duplicate skipped",
 
 class Consumer:
     def __init__(self, spec: WorkerSpec, config: Config, db_url: str):
+        spec = receipts.with_receipts(spec)  # every worker answers <worker>.receipts
         self.spec, self.config, self.db_url = spec, config, db_url
         self.names = topology.QueueNames(spec.name)
         self.processor = BatchProcessor(spec, db_url, config.max_clock_skew_s)
@@ -272,18 +273,75 @@ class Consumer:
         except Exception as exc:  # committed: the relay publishes these rows later
             log.warning("outbox publish failed, relay will retry", worker=self.spec.name,
                         events=len(written), error=f"{type(exc).__name__}: {exc}")
-        unforwarded = self._forward_failures(verdicts)
+        failing = [v for v in verdicts if v.outcome in (RETRY, DEAD)]  # none on the happy path
+        for v in failing:
+            self._decide(v)
+        if failing and not self._record_rejections(batch, failing):
+            return
+        unforwarded = self._forward_failures(failing)
         self._send_replies(verdicts)
         self._log(verdicts, duration_ms)
         self._count(verdicts, unforwarded)
         self._request_settle(batch, unforwarded, types)
         self.metrics.processing.observe(time.perf_counter() - started)
 
-    def _forward_failures(self, verdicts: list[Verdict]) -> set[int]:
-        """Republish retries to their delay queue and dead letters to W.dead.
+    def _decide(self, verdict: Verdict) -> None:
+        """A failure's final outcome: retried, or dead-lettered (its retries exhausted, or
+        permanent) with its reason and the detail its sender may read."""
+        exc = verdict.error
+        if verdict.outcome == RETRY and verdict.delivery.attempt >= self.config.max_attempts:
+            verdict.outcome, verdict.reason = DEAD, getattr(exc, "exhausted_reason", "retries_exhausted")
+        elif verdict.outcome == DEAD:
+            verdict.reason = getattr(exc, "reason", None) or "rejected_by_database"
+        if verdict.outcome == DEAD:
+            verdict.detail = public_detail(exc, verdict.reason)
+
+    def _record_rejections(self, batch: list[Delivery], verdicts: list[Verdict]) -> bool:
+        """Record what the batch dead-letters (shared/receipts.py) before anything is acked, so a
+        crash redelivers and records again. Database unreachable: the batch is held (unacked) and
+        retried with backoff, as for its own work; nothing is dead-lettered without its receipt.
+        False when stopping meanwhile: the batch is requeued. Any other failure to record is
+        logged and the messages are dead-lettered without receipts (pending for the sender)."""
+        rejections = []
+        for v in verdicts:
+            if v.outcome == DEAD:
+                props = v.delivery.properties
+                r = receipts.rejection(v.event, v.delivery.body, props.type or v.delivery.routing_key, v.reason,
+                                       getattr(v.error, "field", None), v.detail)
+                if r is not None:
+                    rejections.append(r)
+        if not rejections:
+            return True
+        backoff = Backoff()
+        while True:
+            try:
+                written = self.processor.record_rejections(rejections)
+                break
+            except DatabaseUnavailable as exc:
+                if self.stopping.is_set():
+                    self._request_settle(batch, {d.tag for d in batch}, Tally())
+                    return False
+                delay = backoff.next()
+                log.warning("database unavailable, holding dead letters until their rejections are recorded",
+                            worker=self.spec.name, batch=len(batch), rejections=len(rejections),
+                            error=str(exc)[:200], retry_in_s=round(delay, 2), attempt=backoff.attempts)
+                self.stopping.wait(delay)
+            except Exception as exc:
+                log.error("could not record rejections; dead-lettering without receipts", worker=self.spec.name,
+                          rejections=len(rejections), error=describe(exc)[:300])
+                return True
+        try:
+            outbox.publish_written(self.processor.connection(), self.publisher, self.config.exchange,
+                                   written, self.spec.name)
+        except Exception as exc:  # committed: the relay publishes these rows later
+            log.warning("outbox publish failed, relay will retry", worker=self.spec.name,
+                        events=len(written), error=f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _forward_failures(self, failing: list[Verdict]) -> set[int]:
+        """Republish decided failures: retries to their delay queue, dead letters to W.dead.
 
         Returns the tags the broker did not take: those must not be acked."""
-        failing = [v for v in verdicts if v.outcome in (RETRY, DEAD)]
         if not failing:
             return set()
         try:
@@ -306,8 +364,10 @@ class Consumer:
             elif v.outcome == DUPLICATE:
                 body = {"status": "duplicate"}
             else:
-                body = {"status": "error", "error": v.reason or getattr(v.error, "reason", "failed"),
-                        "detail": safe_message(v.error)[:300], "field": getattr(v.error, "field", None)}
+                reason = v.reason or getattr(v.error, "reason", "failed")
+                body = {"status": "error", "error": reason,
+                        "detail": (v.detail or public_detail(v.error, reason))[:300],
+                        "field": getattr(v.error, "field", None)}
             messages.append(Message("", props.reply_to, orjson.dumps(body), pika.BasicProperties(
                 content_type="application/json", correlation_id=props.correlation_id, delivery_mode=1)))
         if messages:
@@ -317,12 +377,9 @@ class Consumer:
                 log.warning("could not send replies", worker=self.spec.name, error=f"{type(exc).__name__}: {exc}")
 
     def _retry_or_dead(self, verdict: Verdict) -> Message:
+        """The message that forwards a decided failure (_decide): to its delay queue or W.dead."""
         d, exc = verdict.delivery, verdict.error
         attempt = d.attempt
-        if verdict.outcome == RETRY and attempt >= self.config.max_attempts:
-            verdict.outcome, reason = DEAD, getattr(exc, "exhausted_reason", "retries_exhausted")
-        else:
-            reason = getattr(exc, "reason", None) or ("rejected_by_database" if verdict.outcome == DEAD else "transient")
         headers = dict(d.properties.headers or {})
         headers.update({"x-attempts": attempt, "x-last-error": describe(exc)[:500]})
         props = d.properties
@@ -331,14 +388,13 @@ class Consumer:
             delay = delays[min(attempt - 1, len(delays) - 1)]
             verdict.retry_in_s = delay
             return Message("", self.names.retry(delay), d.body, _with_headers(verdict, headers), mandatory=True)
-        headers.update({"x-dead-reason": reason, "x-dead-detail": safe_message(exc)[:500],
+        headers.update({"x-dead-reason": verdict.reason, "x-dead-detail": verdict.detail,
                         "x-dead-exception": type(exc).__name__, "x-dead-worker": self.spec.name,
                         "x-dead-at": datetime.now(timezone.utc).isoformat(),
                         "x-original-routing-key": props.type or d.routing_key})
         field = getattr(exc, "field", None)
         if field:
             headers["x-dead-field"] = field
-        verdict.reason = reason
         return Message(topology.DEAD_EXCHANGE, self.spec.name, d.body, _with_headers(verdict, headers), mandatory=True)
 
     def _count(self, verdicts: list[Verdict], unforwarded: set[int]) -> None:

@@ -44,6 +44,21 @@ def client_event_types() -> frozenset[str]:
     return frozenset(t for t, s in data_schemas().items() if s.get("x-producer") == "frontend")
 
 
+def consumers(schema: dict) -> tuple[str, ...]:
+    """Who consumes an event (or a query): its schema's `x-consumer`, one name or a list of them."""
+    named = schema.get("x-consumer")
+    if named is None:
+        return ()
+    return (named,) if isinstance(named, str) else tuple(named)
+
+
+def inbox_event_types() -> frozenset[str]:
+    """Outcome events meant for the app (`x-consumer` names the frontend), which the notify worker
+    keeps in the recipients' inboxes; `"x-inbox": false` marks one the app gets another way."""
+    return frozenset(t for t, s in data_schemas().items()
+                     if "frontend" in consumers(s) and s.get("x-producer") != "frontend" and s.get("x-inbox", True))
+
+
 def event_schema(event_type: str) -> dict:
     """The whole event (envelope plus this type's data) as one JSON Schema, as served to clients."""
     try:
@@ -65,9 +80,22 @@ def _validator(event_type: str) -> jsonschema_rs.Validator:
     return jsonschema_rs.validator_for(event_schema(event_type), validate_formats=False)
 
 
+# Queries every worker answers, each as `<worker>.<kind>` (app.queries routes by name, so the name
+# must be per worker), all checked against one schema: queries/<kind>.json.
+SHARED_QUERY_KINDS = frozenset({"receipts"})
+
+
+def query_schema_name(name: str) -> str | None:
+    """The schema a query's body is checked against: its own, or the shared one of its kind."""
+    if name in query_schemas():
+        return name
+    worker, _, kind = name.rpartition(".")
+    return kind if worker and kind in SHARED_QUERY_KINDS and kind in query_schemas() else None
+
+
 @lru_cache(maxsize=None)
-def _query_validator(name: str) -> jsonschema_rs.Validator:
-    return jsonschema_rs.validator_for(query_schemas()[name], validate_formats=False)
+def _query_validator(schema_name: str) -> jsonschema_rs.Validator:
+    return jsonschema_rs.validator_for(query_schemas()[schema_name], validate_formats=False)
 
 
 # What each rule asks, said without the offending value: the library's own messages quote it,
@@ -107,9 +135,10 @@ def _check(validator: jsonschema_rs.Validator, instance) -> None:
 
 def validate_query(name: str, body) -> None:
     """Raise InvalidEvent naming the failing field, or UnknownEventType for an unknown query."""
-    if name not in query_schemas():
+    schema_name = query_schema_name(name)
+    if schema_name is None:
         raise UnknownEventType(f"unknown query {name[:64]!r}", field="query")
-    _check(_query_validator(name), body)
+    _check(_query_validator(schema_name), body)
 
 
 def validate(event: dict) -> None:

@@ -95,6 +95,28 @@ def safe_message(exc: BaseException) -> str:
     return text
 
 
+# What the sender reads when the refusal is not one of ours (a database error quotes tables and
+# constraints, a library's message its internals): one sentence per dead-letter reason.
+_GENERIC_DETAIL = {
+    "rejected_by_database": "the event's data could not be stored: it breaks a rule of the data; "
+                            "fix the event and send it under a new client_generated_id",
+    "retries_exhausted": "the event could not be processed: a service it needs kept failing",
+}
+MAX_DETAIL = 500
+
+
+def public_detail(exc: BaseException | None, reason: str) -> str:
+    """Why an event was refused, for its sender (x-dead-detail, receipts, event.rejected, a
+    request–reply error): the text of our own refusals (PermanentError, and NotYet's "not there"),
+    written for people; for anything else a generic sentence, never SQL, a trace or a library's
+    internals. x-last-error keeps the exception itself for operators."""
+    if isinstance(exc, (PermanentError, NotYet)):
+        text = safe_message(exc)
+    else:
+        text = _GENERIC_DETAIL.get(reason, "the event could not be processed")
+    return text.replace("\x00", "").strip()[:MAX_DETAIL] or reason
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message`, as safe_message."""
     return f"{type(exc).__name__}: {safe_message(exc)}"

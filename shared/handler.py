@@ -1,6 +1,7 @@
 """What a domain worker hands the runtime: its handler table, and the context a handler gets."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -93,6 +94,7 @@ class Context:
     _mogrifier: object = None
     _rows: dict = field(default_factory=dict)  # Rows → list of row tuples
     _unsent_outbox: list[Envelope] = field(default_factory=list)
+    _gathered: dict = field(default_factory=dict)  # (event_type, key) → (first cause, chunk, values)
     outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
 
     @property
@@ -132,8 +134,30 @@ class Context:
         self._unsent_outbox.append(event)
         return event
 
+    def emit_gathered(self, event_type: str, key: str, values, cause: Envelope, chunk: int = 1000) -> None:
+        """Gather `values` into one outcome event `{key: [sorted values]}` per transaction (per
+        batch on the fast path) instead of one per message: a wake-up naming every user a batch
+        touched. Emitted at flush, in events of at most `chunk` values; each id derives from the
+        first cause and the values, so a replay of the same batch emits the same ids."""
+        _, _, gathered = self._gathered.setdefault((event_type, key), (cause, chunk, set()))
+        gathered.update(values)
+
+    def _emit_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, {}
+        for (event_type, key), (cause, chunk, values) in gathered.items():
+            ordered = sorted(values)
+            for start in range(0, len(ordered), chunk):
+                part = ordered[start:start + chunk]
+                digest = hashlib.sha256("\n".join(part).encode()).hexdigest()[:32]
+                event = new_event(event_type, cause.user_id, {key: part}, self.worker,
+                                  outcome_id(cause.client_generated_id, f"{event_type}/{cause.user_id}/{digest}"))
+                contracts.validate(event.to_dict())
+                self._unsent_outbox.append(event)
+
     def flush(self) -> None:
         """Send deferred writes and pending outbox rows in as few round trips as possible."""
+        if self._gathered:
+            self._emit_gathered()
         if self._writes:
             statements, self._writes = self._writes, []
             with self.conn.cursor() as cur:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from shared import db, envelope
+from shared import db, envelope, receipts
 from shared.envelope import Envelope
 from shared.errors import IdempotencyConflict, InvalidEvent, PermanentError, UnknownEventType
 from shared.handler import Context, WorkerSpec
@@ -44,6 +44,7 @@ class Verdict:
     event: Envelope | None = None
     error: BaseException | None = None
     reason: str | None = None          # why it was dead-lettered
+    detail: str | None = None          # what its sender may read about why (errors.public_detail)
     retry_in_s: int | None = None      # which delay queue it went to
     reply: dict | None = None          # what the handler returned, for a request–reply caller
 
@@ -119,6 +120,26 @@ class BatchProcessor:
                 verdict = Verdict(d, DEAD if db.is_permanent(exc) else RETRY, event, exc)
             verdicts[d.tag] = verdict
         return [verdicts[d.tag] for d in deliveries], outbox
+
+    def record_rejections(self, rejections: list[receipts.Rejection]) -> list[Envelope]:
+        """Commit the rejections of a batch's dead letters and their `event.rejected` outbox rows
+        in one small transaction of their own (shared/receipts.py); returns the events to publish.
+        DatabaseUnavailable when the database cannot be reached: the caller holds the batch."""
+        conn = self.connection()
+        try:
+            written = receipts.record(conn, self.spec.name, rejections)
+            conn.commit()
+        except BaseException as exc:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except Exception:
+                    pass
+            if db.is_unreachable(exc, conn):
+                self.close()
+                raise DatabaseUnavailable(str(exc).strip()) from exc
+            raise
+        return written
 
     def _transaction(self, items: list[tuple[Delivery, Envelope]]):
         conn = self.connection()

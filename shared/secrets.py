@@ -63,6 +63,7 @@ PROCESSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ai": (("OPENWEBUI_API_KEY",), ()),
     "dm": ((), ()),
     "machine": ((), ()),
+    "notify": ((), ()),
     "program": ((), ()),
 }
 

@@ -147,4 +147,4 @@ def test_a_long_poll_with_nothing_to_return_waits_its_time_and_answers_empty(sta
     status, page, _ = stack.inbox(user, wait=2)
     elapsed = time.monotonic() - started
     assert status == 200 and page["items"] == [] and 1.9 <= elapsed < 4
-    assert stack.inbox(user, wait=26)[0] == 400 and stack.inbox(user, after="not a cursor!")[0] == 400
+    assert stack.inbox(user, wait=26)[0] == 400 and stack.inbox(user, after="not%20a%20cursor")[0] == 400

@@ -9,6 +9,7 @@ WORKERS = {
     "ai": "workers.ai",
     "dm": "workers.dm",
     "machine": "workers.machine",
+    "notify": "workers.notify",
     "program": "workers.program",
     "settings": "workers.settings",
     "transcode": "workers.transcode",

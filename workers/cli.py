@@ -124,13 +124,13 @@ def migrate(databases, all_, rollback, count, create) -> None:
 @main.command()
 def topology() -> None:
     """Declare exchanges, every worker's queues and bindings (idempotent)."""
-    from shared import broker, topology as t
+    from shared import broker, receipts, topology as t
 
     config = _config()
     connection = broker.connect(config.rabbitmq_url, client_name="workers-topology")
     channel = connection.channel()
     for name in sorted(WORKERS):
-        spec = load(name)
+        spec = receipts.with_receipts(load(name))  # the runtime adds <worker>.receipts
         names = t.declare_worker(channel, name, spec.handlers.keys(), config.exchange,
                                  config.delivery_limit, config.retry_delays_s)
         click.echo(f"{names.main}: bound to {', '.join(sorted(spec.handlers))}")

@@ -52,7 +52,7 @@ def _ensure_dev_env(env_file: Path) -> None:
 
 
 def _prepare() -> None:
-    from shared import broker, migrate, topology
+    from shared import broker, migrate, receipts, topology
     from shared.config import Config, database_url
 
     config = Config.from_env()
@@ -68,7 +68,7 @@ def _prepare() -> None:
         spec = load(name)
         topology.declare_worker(channel, name, spec.handlers.keys(), config.exchange,
                                 config.delivery_limit, config.retry_delays_s)
-        topology.declare_queries(channel, name, spec.queries.keys(), config.exchange)
+        topology.declare_queries(channel, name, receipts.with_receipts(spec).queries.keys(), config.exchange)
     connection.close()
 
 
@@ -108,6 +108,9 @@ def _refuse_unusable_keys(env_file: Path) -> None:
 def run_dev_stack(port: int | None, env_file: Path = Path(".env")) -> None:
     _ensure_dev_env(env_file)
     _refuse_unusable_keys(env_file)
+    if "CORS_ALLOWED_ORIGINS" not in os.environ:  # a dev server of a browser app, on any local port
+        from ingress.cors import DEV_DEFAULT
+        os.environ["CORS_ALLOWED_ORIGINS"] = DEV_DEFAULT
     if port:
         os.environ["PORT"] = str(port)
     _prepare()

@@ -179,8 +179,8 @@ def create_comment(ctx: Context, event: Envelope) -> None:
         if cur.fetchone()[0] != event.user_id:
             raise Forbidden(f"comment {comment_id} belongs to another user")
         return
-    ctx.emit("comment.persisted", {"comment_id": comment_id, "post_id": post_id, "parent_comment_id": parent_id,
-                                   "author_id": event.user_id, "body": data["body"],
+    ctx.emit("comment.persisted", {"comment_id": comment_id, "post_id": post_id, "post_owner_id": owner,
+                                   "parent_comment_id": parent_id, "author_id": event.user_id, "body": data["body"],
                                    "created_at": rfc3339(row[0])}, cause=event)
 
 

@@ -1,0 +1,2 @@
+DROP TABLE inbox_items;
+DROP TABLE inboxes;
