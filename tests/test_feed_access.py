@@ -292,7 +292,7 @@ def test_rotating_accounts_cannot_brute_force_a_feed_and_its_owner_is_told(stack
         answers = [stack.attempt(attacker, owner, f"{guess:06d}")[0]
                    for attacker in users(9) for guess in range(5)]
         assert answers[:20] == [403] * 20 and set(answers[20:]) == {429}
-        # the price, stated in the README: an honest viewer waits for the window too
+        # the price, stated in docs/reference.md (Security): an honest viewer waits for the window too
         status, body, headers = stack.attempt(honest, owner, code)
         assert (status, body["error"]) == (429, "rate_limited") and 0 < int(headers["Retry-After"]) <= 900
         locked = wait_for(lambda: client.drain(tap), message="feed.access.locked")

@@ -11,7 +11,7 @@ queue in a throwaway vhost, deleted afterwards: a quorum queue, as the workers' 
 This machine's speed drifts by ±15 % from one run to the next, so the two apps are measured in
 alternating rounds and the median of the per-round ratios is reported. Each process count is
 its own comparison: with 1 process the broker mostly has the other core (in production it runs
-on other machines; here RabbitMQ binds one scheduler thread to each core, see the README);
+on other machines; here RabbitMQ binds one scheduler thread to each core, see docs/performance.md);
 with 2 the ingress shares both cores with the broker while the minimal app has them alone.
 Target: ingress req/s ≥ 0.5 × minimal app req/s, one event per request; p50/p99 reported.
 Then batches of --batch events per request: confirmed events/s. Every 202 must be a message in
