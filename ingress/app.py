@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
@@ -44,6 +45,10 @@ _EVENT_RECEIPT = re.compile(r"^/api/v1/events/([0-9a-fA-F-]{36})$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _JSON = ("Content-Type", "application/json")
+CLIENT_MODULE = Path(__file__).parent / "client" / "spotter.js"
+# An hour in caches, then revalidated by ETag: a deploy reaches browsers within the hour, and the
+# path's /api/v1 keeps a cached client speaking the API it was written for.
+CLIENT_CACHE_CONTROL = "public, max-age=3600"
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 # one line per request, written a fraction of a second later with its neighbours (not loguru:
 # its per-call machinery would cost more than the request's own work)
@@ -69,8 +74,11 @@ class App:
             f"{documents.PREFIX}/openapi.json": orjson.dumps(documents.openapi(config.max_batch_events)),
             f"{documents.PREFIX}/asyncapi.json": orjson.dumps(documents.asyncapi(config.exchange)),
         }
+        self._client_module = CLIENT_MODULE.read_bytes()
+        self._client_etag = f'"{hashlib.sha256(self._client_module).hexdigest()[:32]}"'
         self._routes = {
             documents.EVENTS_PATH: {"POST": self.post_events},
+            documents.CLIENT_PATH: {"GET": self.client_module},
             documents.RECEIPTS_PATH: {"POST": self.post_receipts},
             documents.INBOX_PATH: {"GET": self.read_inbox},
             "/healthz": {"GET": self.healthz},
@@ -136,6 +144,9 @@ class App:
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         if code == 204:  # a preflight: no body, so neither Content-Type nor Content-Length (RFC 9110 §8.6)
             start_response(_STATUS_LINES[code], list(headers))
+        elif code == 304:  # the client module unchanged: validators only, no body
+            start_response(_STATUS_LINES[code], [*headers, *self.cors.response_headers(environ.get("HTTP_ORIGIN"))])
+            body = b""
         else:
             cors_headers = self.cors.response_headers(environ.get("HTTP_ORIGIN"))  # () unless an allowed origin
             if headers and headers[0][0] == "Content-Type":  # a handler's own (only /metrics has one)
@@ -181,6 +192,14 @@ class App:
 
     def document(self, environ, seen):
         return 200, self._documents[environ["PATH_INFO"]], ()
+
+    def client_module(self, environ, seen):
+        """The offline-first JavaScript client (ingress/client/spotter.js), for apps to import."""
+        validators = (("ETag", self._client_etag), ("Cache-Control", CLIENT_CACHE_CONTROL))
+        asked = {tag.strip().removeprefix("W/") for tag in (environ.get("HTTP_IF_NONE_MATCH") or "").split(",")}
+        if self._client_etag in asked or "*" in asked:
+            return 304, b"", validators
+        return 200, self._client_module, (("Content-Type", "text/javascript; charset=utf-8"), *validators)
 
     def event_schema(self, environ, seen):
         event_type = environ["PATH_INFO"][len(SCHEMA_PREFIX):]

@@ -23,6 +23,7 @@ SCHEMAS_PATH = f"{PREFIX}/schemas"
 SCHEMA_PATH = f"{PREFIX}/schemas/{{event_type}}"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
 ASYNCAPI_PATH = f"{PREFIX}/asyncapi.json"
+CLIENT_PATH = f"{PREFIX}/client/spotter.js"
 VERSION = "1.0.0"
 INBOX_DEFAULT_LIMIT, INBOX_MAX_LIMIT, INBOX_MAX_WAIT_S = 50, 100, 25
 
@@ -56,6 +57,7 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", SCHEMA_PATH, auth=False),
     Endpoint("GET", OPENAPI_PATH, auth=False),
     Endpoint("GET", ASYNCAPI_PATH, auth=False),
+    Endpoint("GET", CLIENT_PATH, auth=False, headers=(*_TRACE, "If-None-Match")),
 )
 
 
@@ -328,6 +330,14 @@ def _operations(max_events: int) -> dict[tuple[str, str], dict]:
             "type": "object", "required": ["openapi", "info", "paths"]})}),
         ("GET", ASYNCAPI_PATH): _op("The events on the broker (AsyncAPI 2.6)", {"200": _json_response(
             "AsyncAPI 2.6", {"type": "object", "required": ["asyncapi", "info", "channels"]})}),
+        ("GET", CLIENT_PATH): _op(
+            "The offline-first JavaScript client (an ES module: import { SpotterClient } from it)",
+            {"200": {"description": "the module; cacheable, revalidated by its ETag",
+                     "content": {"text/javascript": {"schema": {"type": "string"}}}},
+             "304": {"description": "If-None-Match matched: the cached copy is current"}},
+            "Versioned with the API: every /api/v1 ingress serves a client that speaks /api/v1. "
+            "See docs/client.md.",
+            parameters=[{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}]),
     }
     return ops
 
