@@ -86,6 +86,23 @@ def _start_storage():
     return server
 
 
+def _start_devpage(ingress_url: str):
+    """The example page (workers/devpage.py), minting tokens as `workers token` does."""
+    from shared import tokens
+    from shared.config import Config
+    from workers.devpage import DevPage
+
+    jwt = Config.from_env().jwt
+    ttl_s = min(600, jwt.max_ttl_s)  # short-lived: the page asks again when one expires
+    port = int(os.environ.get("DEV_PAGE_PORT") or 8090)
+    try:
+        page = DevPage(ingress_url, port, lambda user_id: tokens.mint(user_id, jwt, ttl_s)).start()
+    except OSError as exc:  # a convenience: a busy port is no reason to refuse the whole stack
+        click.echo(f"example page not started on port {port} ({exc.strerror}): set DEV_PAGE_PORT", err=True)
+        return None
+    return page
+
+
 def _health_ports() -> dict[str, int]:
     """One health/metrics port per worker on this host: HEALTH_PORT (default 8081) and up."""
     first = int(os.environ.get("HEALTH_PORT") or 8081)
@@ -118,10 +135,14 @@ def run_dev_stack(port: int | None, env_file: Path = Path(".env")) -> None:
     cli = [sys.executable, "-m", "workers"]
     commands = {"ingress": cli + ["serve"], **{name: cli + ["run", name] for name in sorted(WORKERS)}}
     ports = _health_ports()
+    ingress_url = f"http://127.0.0.1:{os.environ.get('PORT', '8080')}"
+    devpage = _start_devpage(ingress_url)  # before the processes: nothing to clean up if it raises
     procs = {name: subprocess.Popen(cmd, env={**os.environ, **({"HEALTH_PORT": str(ports[name])} if name in ports else {})})
              for name, cmd in commands.items()}
-    click.echo(f"ingress on http://127.0.0.1:{os.environ.get('PORT', '8080')}; workers (health and metrics "
+    click.echo(f"ingress on {ingress_url}; workers (health and metrics "
                f"port): {', '.join(f'{n} :{p}' for n, p in ports.items())}. Ctrl-C stops all.", err=True)
+    if devpage is not None:
+        click.echo(f"example page (the browser client at work) on {devpage.url}", err=True)
     stopping = False
 
     def stop(*_):
@@ -147,5 +168,7 @@ def run_dev_stack(port: int | None, env_file: Path = Path(".env")) -> None:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if devpage is not None:
+            devpage.stop()
         if storage_server is not None:
             storage_server.stop()
