@@ -58,7 +58,7 @@ export class SpotterClient extends EventTarget {
     baseUrl, getToken, userId, sourceService = 'web', schemaVersion = '1.0.0',
     maxBatchEvents = DEFAULT_MAX_BATCH_EVENTS, retryBaseMs = 2000, retryCapMs = 60000, maxRetries = 5,
     flushIntervalMs = 15000, receiptIntervalMs = 2000, receiptMaxIntervalMs = 30000,
-    inbox = true, inboxWaitS = 25, dbName, fetch: fetchImpl, indexedDB: idb,
+    inbox = true, inboxWaitS = 25, dbName, fetch: fetchImpl, indexedDB: idb, IDBKeyRange: keyRange,
   } = {}) {
     super();
     if (!baseUrl || typeof getToken !== 'function' || !userId) {
@@ -71,7 +71,8 @@ export class SpotterClient extends EventTarget {
     this._backoff = { baseMs: retryBaseMs, capMs: retryCapMs };
     this._intervals = { flush: flushIntervalMs, receipt: receiptIntervalMs, receiptMax: receiptMaxIntervalMs };
     this._fetch = fetchImpl || globalThis.fetch.bind(globalThis);
-    this._store = new Outbox(idb || globalThis.indexedDB, dbName || `spotter-${this.userId}`);
+    this._store = new Outbox(idb || globalThis.indexedDB, keyRange || globalThis.IDBKeyRange,
+      dbName || `spotter-${this.userId}`);
     this._batchLimit = maxBatchEvents;
     this.paused = false;
     this._closed = false;
@@ -493,9 +494,10 @@ function newId() {
 /** The IndexedDB side: one `events` store keyed by client_generated_id, kept in send order by a
  * counter in `meta` (a timestamp could repeat or go backwards). */
 class Outbox {
-  constructor(idb, name) {
-    if (!idb) throw new TypeError('SpotterClient needs IndexedDB');
+  constructor(idb, keyRange, name) {
+    if (!idb || !keyRange) throw new TypeError('SpotterClient needs IndexedDB (indexedDB and IDBKeyRange)');
     this.name = name;
+    this._keyRange = keyRange;
     this._db = new Promise((resolve, reject) => {
       const open = idb.open(name, 1);
       open.onupgradeneeded = () => {
@@ -537,7 +539,7 @@ class Outbox {
 
   async inState(state, limit) {
     const all = await this._tx(['events'], 'readonly', (tx) => tx.objectStore('events').index(STATE_INDEX)
-      .getAll(IDBKeyRange.bound([state, -Infinity], [state, Infinity]), limit));
+      .getAll(this._keyRange.bound([state, -Infinity], [state, Infinity]), limit));
     return all.result;
   }
 
