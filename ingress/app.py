@@ -10,6 +10,7 @@ import os
 import re
 import threading
 import time
+import traceback
 import uuid
 from http import HTTPStatus
 from pathlib import Path
@@ -318,6 +319,8 @@ class App:
                 metrics.count_failures(_failure_reason(exc))
                 raise Rejected(503, "broker_unavailable", str(exc),
                                headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
+            except Exception as exc:
+                raise _publish_bug(exc) from None
             if result == UNROUTABLE:
                 metrics.count_failures("unroutable")
                 raise Rejected(503, "no_worker", f"no worker answers {name} right now",
@@ -368,6 +371,8 @@ class App:
             metrics.count_failures(_failure_reason(exc), len(messages))
             raise Rejected(503, "broker_unavailable", str(exc),
                            headers=(("Retry-After", str(RETRY_AFTER_S)),)) from None
+        except Exception as exc:
+            raise _publish_bug(exc) from None
         unroutable = sorted({e.event_type for e, r in zip(envelopes, results) if r == UNROUTABLE})
         if unroutable:
             delivered = sum(r != UNROUTABLE for r in results)
@@ -426,6 +431,14 @@ def _compile_validator(event_type: str) -> None:
         contracts.validate({"event_type": event_type})
     except InvalidEvent:
         pass
+
+
+def _publish_bug(exc: Exception) -> Rejected:
+    """Not the broker: a bug on the publish path (e.g. a pika internal gone). 500, never 503,
+    so it is not mistaken for an outage that retrying fixes; the traceback goes to the log."""
+    log.error("publish failed: not a broker error", exception=repr(exc),
+              traceback="".join(traceback.format_exception(exc)))
+    return Rejected(500, "internal_error", "internal error while publishing")
 
 
 def _failure_reason(exc: PublishError) -> str:

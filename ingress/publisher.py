@@ -6,10 +6,12 @@ the same hub. A request publishes on the shared channel itself, with no hand-off
 thread: pika calls never yield to another greenlet, so only one is ever inside pika. It then
 sleeps until the broker has confirmed (or returned) each of its messages. Confirms of many
 requests overlap, and the frames that requests buffered while the hub was busy leave in one
-send (`_coalesce_frames`), or every FLUSH_AT_BYTES when a busy hub pass buffers more.
+send (shared/pika_internals.py coalesce_writes), or every FLUSH_AT_BYTES when a busy hub pass buffers more.
 Results: CONFIRMED, UNROUTABLE (the broker returned the mandatory message: no queue is bound),
 or a PublishError. While disconnected or blocked by a resource alarm, publishing raises
-BrokerUnavailable at once, so the caller can answer 503 without waiting.
+BrokerUnavailable at once, so the caller can answer 503 without waiting. Anything else raised
+while publishing is a bug and propagates as itself (the ingress answers 500, not 503).
+The frames go out through shared/pika_internals.py, the only module that uses pika internals.
 
 Request–reply: the channel consumes RabbitMQ's direct reply-to pseudo-queue; `expect_reply()`
 registers a correlation id and the Reply that its answer settles.
@@ -30,10 +32,9 @@ import gevent
 import pika
 from gevent.event import Event
 from pika.adapters.gevent_connection import GeventConnection
-from pika.adapters.utils import io_services_utils
 
-from ingress import frames, metrics
-from shared import broker, process
+from ingress import metrics
+from shared import broker, pika_internals, process
 from shared.backoff import Backoff
 from shared.logging import log
 
@@ -153,7 +154,8 @@ class Publisher:
     def start(self) -> "Publisher":
         # pika logs every failed reconnect as an error, in plain text; we log it once, as JSON
         logging.getLogger("pika").setLevel(logging.CRITICAL)
-        _coalesce_frames()
+        pika_internals.self_check()  # logs which publish path this process uses
+        pika_internals.coalesce_writes()
         self._connect()
         self._expiry = gevent.spawn(self._expire_loop)
         return self
@@ -180,29 +182,17 @@ class Publisher:
         sent = time.perf_counter()
         for index, (exchange, routing_key, body, properties) in enumerate(messages):
             try:
-                self._send_publish(channel, exchange, routing_key, body, properties)
-            except Exception as exc:  # the connection is closing under us; its callback fails the rest
+                pika_internals.publish(channel, exchange, routing_key, body, properties)
+            except broker.CONNECTION_ERRORS as exc:  # closing under us; its callback fails the rest
                 raise BrokerUnavailable(f"publish failed: {exc!r}") from None
             self._seq += 1
             self._pending[self._seq] = _Pending(confirms, index, exchange, routing_key, body, sent)
+            pika_internals.send_buffered(channel, FLUSH_AT_BYTES)  # after the count: the frame is queued
         # No timer per wait (it cost a request ~10 % of its CPU): _expire_loop enforces the deadline.
         confirms.done.wait()
         if confirms.error is not None:
             raise confirms.error
         return confirms.results
-
-    @staticmethod
-    def _send_publish(channel, exchange: str, routing_key: str, body: bytes, properties) -> None:
-        """What Channel.basic_publish(..., mandatory=True) sends, built by ingress/frames.py."""
-        connection = channel.connection
-        # _body_max_length: frame_max less the frame overhead, where pika splits bodies
-        connection._output_marshaled_frames([frames.publish(
-            channel.channel_number, exchange, routing_key, body, properties, connection._body_max_length)])
-        transport = connection._transport
-        # plaintext only: a TLS transport must not be written to outside its own state machine
-        if (type(transport) is io_services_utils._AsyncPlaintextTransport
-                and transport.get_write_buffer_size() >= FLUSH_AT_BYTES):
-            transport._on_socket_writable()  # sends what the socket takes; the writer keeps the rest
 
     def expect_reply(self, correlation_id: str) -> Reply:
         """Register before publishing with reply_to=REPLY_TO; call forget_reply when done waiting."""
@@ -234,6 +224,7 @@ class Publisher:
             self._down(f"cannot connect: {exc!r}")
 
     def _on_open(self, connection) -> None:
+        pika_internals.check_connection(connection)
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
@@ -386,26 +377,3 @@ class Publisher:
         for reply in replies.values():
             reply.settle(error=error)
 
-
-def _coalesce_frames() -> None:
-    """Send everything pika has buffered in one write instead of one send() per frame.
-
-    pika writes each frame (a publish is three: method, header, body) with its own send(); on a
-    busy hub dozens of messages wait in the buffer, and a syscall per frame became the
-    publisher's largest cost (py-spy). Joining them first is what one writev would do.
-    """
-    transport = io_services_utils._AsyncTransportBase
-    if getattr(transport._produce, "coalesced", False):
-        return
-    produce = transport._produce
-
-    def _produce(self) -> None:
-        buffers = self._tx_buffers
-        if len(buffers) > 1:
-            joined = b"".join(buffers)
-            buffers.clear()
-            buffers.append(joined)
-        produce(self)
-
-    _produce.coalesced = True
-    transport._produce = _produce

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pika
 
-from shared import broker
+from shared import broker, pika_internals
 
 
 class Unroutable(Exception):
@@ -59,10 +59,9 @@ class BatchPublisher:
         channel = self._open()
         self._returned.clear()
         try:
-            # BlockingChannel.basic_publish flushes the socket after every message; queue the frames
-            # on the underlying channel instead and let tx_commit flush them all at once.
+            # queued without a flush each where pika allows it: tx_commit sends them all at once
             for m in messages:
-                channel._impl.basic_publish(m.exchange, m.routing_key, m.body, m.properties, m.mandatory)
+                pika_internals.queue_publish(channel, m.exchange, m.routing_key, m.body, m.properties, m.mandatory)
             channel.tx_commit()
             self._connection.process_data_events(0)  # dispatch returns received before commit-ok
         except broker.CONNECTION_ERRORS:

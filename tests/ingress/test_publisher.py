@@ -12,7 +12,11 @@ import gevent
 import pika
 import pytest
 
+from ingress import frames
 from ingress.publisher import CONFIRMED, FLUSH_AT_BYTES, UNROUTABLE, Publisher
+from shared import pika_internals
+from shared.envelope import new_event
+from shared.publisher import BatchPublisher, Message, Unroutable
 
 EXCHANGE = "app.events"
 
@@ -80,3 +84,58 @@ def test_a_batch_sent_in_several_flushes_arrives_whole_and_in_order(publisher, r
     assert publisher.confirm(messages, 10) == [CONFIRMED] * 100
     order = [rmq.channel.basic_get("out", auto_ack=True)[1].message_id for _ in ids]
     assert order == ids and rmq.channel.basic_get("out", auto_ack=True)[0] is None
+
+
+# ---- shared/pika_internals.py: pika's public API when the private path is off ---------------
+@pytest.fixture
+def public_path(monkeypatch):
+    """This process decides anew, and its self-check sees a Connection without a needed attribute."""
+    from loguru import logger
+
+    class OldConnection:  # a pika release without Connection._output_marshaled_frames
+        pass
+
+    monkeypatch.setattr(pika_internals, "FAST_PATH_ACTIVE", None)
+    records = []
+    sink = logger.add(lambda m: records.append(m.record), level="WARNING")
+    assert pika_internals.self_check(required=((OldConnection, "_output_marshaled_frames"),
+                                               *pika_internals.REQUIRED)) is False
+    yield records
+    logger.remove(sink)
+
+
+def test_without_the_fast_path_publishes_are_confirmed_all_the_same(public_path, vhost, rmq):
+    rmq.channel.queue_declare("out", durable=True)
+    rmq.channel.queue_bind("out", EXCHANGE, routing_key="user.#")
+    p = Publisher(vhost, declare_exchanges=((EXCHANGE, "topic"),)).start()
+    try:
+        assert p.wait_ready(10), "the publisher did not connect"
+        body = os.urandom(300_000)  # pika splits it into frames itself now
+        event = new_event("user.settings.submitted", str(uuid.uuid4()), {}, "frontend")
+        encoded = frames.event_properties(event)  # what the ingress passes: decoded for pika's API
+        assert p.confirm([(EXCHANGE, "user.settings.submitted", body, _props("big")),
+                          (EXCHANGE, "user.settings.submitted", b"{}", encoded),
+                          (EXCHANGE, "nobody.listens", b"{}", _props("lost"))], 10) \
+            == [CONFIRMED, CONFIRMED, UNROUTABLE]
+    finally:
+        p.close()
+    got = _drain(rmq, 2)
+    assert got["big"][1] == body
+    props = got[event.id][0]
+    assert (props.type, props.delivery_mode, props.headers["source_service"]) == (event.event_type, 2, "frontend")
+    assert pika_internals.FAST_PATH_ACTIVE is False
+    assert [r["message"] for r in public_path] == ["pika fast path disabled, publishing through pika's public API"]
+
+
+def test_without_the_fast_path_the_workers_batch_publisher_commits_all_the_same(public_path, vhost, rmq):
+    rmq.channel.queue_declare("out", durable=True)
+    rmq.channel.queue_bind("out", EXCHANGE, routing_key="user.#")
+    publisher = BatchPublisher(vhost)
+    try:
+        publisher.publish([Message(EXCHANGE, "user.settings.submitted", b"{}", _props(f"m{i}")) for i in range(3)])
+        with pytest.raises(Unroutable):
+            publisher.publish([Message(EXCHANGE, "nobody.listens", b"{}", _props("lost"), mandatory=True)])
+    finally:
+        publisher.close()
+    assert sorted(_drain(rmq, 3)) == ["m0", "m1", "m2"]
+    assert len(public_path) == 1
