@@ -24,7 +24,7 @@ from ingress.ratelimit import UserRateLimiter
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected
 from ingress.publisher import REPLY_TO, UNROUTABLE, BrokerUnavailable, Nacked, PublishError, Publisher, PublishTimeout
-from shared import broker, contracts, process
+from shared import broker, contracts, errors, process, replies
 from shared.config import Config
 from shared.envelope import new_event
 from shared.errors import InvalidEvent
@@ -33,14 +33,11 @@ from shared.topology import QUERY_EXCHANGE
 
 RETRY_AFTER_S = 2
 # Events whose worker answers at once (DESIGN §1): the client gets the answer in its response.
-REPLY_EVENT_TYPES = frozenset({"media.upload_requested"})
+REPLY_EVENT_TYPES = contracts.reply_event_types()
 REPLY_TIMEOUT_S = float(os.environ.get("REPLY_TIMEOUT_S", "5"))
 # Events that travel only on the query path (they carry a passcode): answered, or 504.
 QUERY_EVENT_TYPES = contracts.request_reply_event_types()
 QUERY_TIMEOUT_S = float(os.environ.get("QUERY_TIMEOUT_S", "5"))
-_REPLY_ERRORS = {"forbidden": 403, "access_denied": 403, "unauthorized": 401, "not_found": 404,
-                 "idempotency_conflict": 409, "already_uploaded": 409, "rate_limited": 429,
-                 "unavailable": 503, "unknown_query": 503, "internal_error": 502}
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 _EVENT_RECEIPT = re.compile(r"^/api/v1/events/([0-9a-fA-F-]{36})$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
@@ -326,18 +323,14 @@ class App:
                 raise Rejected(503, "no_worker", f"no worker answers {name} right now",
                                headers=(("Retry-After", str(RETRY_AFTER_S)),))
             try:
-                answer = orjson.loads(reply.result(QUERY_TIMEOUT_S))
-            except (TimeoutError, PublishError, orjson.JSONDecodeError):
+                answer = replies.decode(reply.result(QUERY_TIMEOUT_S))
+            except (TimeoutError, PublishError, ValueError):
                 raise Rejected(504, "timeout", f"no answer within {QUERY_TIMEOUT_S:g}s; try again") from None
         finally:
             publisher.forget_reply(correlation_id)
-        if answer.get("status") == "ok":
-            return answer.get("result") or {}
-        error = answer.get("error") or "rejected"
-        code = invalid_status if error == "invalid" else _REPLY_ERRORS.get(error, 422)
-        retry_after = answer.get("retry_after_s")
-        raise Rejected(code, error, answer.get("detail") or "", answer.get("field"),
-                       headers=(("Retry-After", str(int(retry_after))),) if retry_after else ())
+        if answer.status == replies.ERROR:
+            raise _refused(answer, invalid_status)
+        return answer.result or {}
 
     def _request_reply(self, event, headers):
         """Publish, then wait a bounded time for the worker's answer; 202 if it does not come."""
@@ -349,18 +342,16 @@ class App:
         try:
             self._publish([event], headers, props)
             try:
-                answer = orjson.loads(reply.result(REPLY_TIMEOUT_S))
-            except (TimeoutError, PublishError, orjson.JSONDecodeError):
+                answer = replies.decode(reply.result(REPLY_TIMEOUT_S))
+            except (TimeoutError, PublishError, ValueError):
                 return 202, {"accepted": [event.id], "pending": True}, ()
         finally:
             publisher.forget_reply(correlation_id)
-        status = answer.pop("status", "ok")
-        if status == "ok":
-            return 200, {"accepted": [event.id], "result": answer}, ()
-        if status == "duplicate":
+        if answer.status == replies.ERROR:
+            raise _refused(answer)
+        if answer.status == replies.DUPLICATE:
             return 202, {"accepted": [event.id], "duplicate": True}, ()
-        code = _REPLY_ERRORS.get(answer.get("error"), 422)
-        raise Rejected(code, answer.get("error") or "rejected", answer.get("detail") or "", answer.get("field"))
+        return 200, {"accepted": [event.id], "result": answer.result or {}}, ()
 
     def _publish(self, envelopes, headers, props=None):
         messages = [(self.config.exchange, e.event_type, e.to_json(), props or frames.event_properties(e, headers))
@@ -439,6 +430,13 @@ def _publish_bug(exc: Exception) -> Rejected:
     log.error("publish failed: not a broker error", exception=repr(exc),
               traceback="".join(traceback.format_exception(exc)))
     return Rejected(500, "internal_error", "internal error while publishing")
+
+
+def _refused(answer: replies.Reply, invalid_status: int = 422) -> Rejected:
+    """A worker's refusal as the caller's HTTP answer (the status declared in shared/errors.py)."""
+    headers = (("Retry-After", str(answer.retry_after_s)),) if answer.retry_after_s else ()
+    return Rejected(errors.http_status(answer.error, invalid_status), answer.error, answer.detail, answer.field,
+                    headers=headers)
 
 
 def _failure_reason(exc: PublishError) -> str:

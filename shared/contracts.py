@@ -39,6 +39,12 @@ def request_reply_event_types() -> frozenset[str]:
     return frozenset(t for t, s in data_schemas().items() if s.get("x-delivery") == "query")
 
 
+def reply_event_types() -> frozenset[str]:
+    """Client events queued like any other whose worker also answers the caller at once
+    (`"x-delivery": "reply"`): the ingress waits a bounded time for the answer, else 202 pending."""
+    return frozenset(t for t, s in data_schemas().items() if s.get("x-delivery") == "reply")
+
+
 def client_event_types() -> frozenset[str]:
     """Event types a client may post; outcome events come only from workers."""
     return frozenset(t for t, s in data_schemas().items() if s.get("x-producer") == "frontend")

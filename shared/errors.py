@@ -3,9 +3,13 @@ from __future__ import annotations
 
 
 class PermanentError(Exception):
-    """Retrying cannot help: the message goes to the dead-letter queue at once."""
+    """Retrying cannot help: the message goes to the dead-letter queue at once.
+
+    `http_status` is what the ingress answers when a caller waits for the outcome (request–reply,
+    queries): 422 unless the error says otherwise (http_status below)."""
 
     reason = "permanent"
+    http_status = 422
 
     def __init__(self, detail: str, reason: str | None = None):
         super().__init__(detail)
@@ -40,18 +44,21 @@ class Forbidden(PermanentError):
     """The user may not do this (someone else's resource)."""
 
     reason = "forbidden"
+    http_status = 403
 
 
 class NotFound(PermanentError):
     """The event refers to something that does not exist."""
 
     reason = "not_found"
+    http_status = 404
 
 
 class IdempotencyConflict(PermanentError):
     """The same client_generated_id came with another user or another payload."""
 
     reason = "idempotency_conflict"
+    http_status = 409
 
 
 class TransientError(Exception):
@@ -72,16 +79,36 @@ class Unauthorized(PermanentError):
     """A credential (a feed access token) is missing its signature, expired or no longer valid."""
 
     reason = "unauthorized"
+    http_status = 401
 
 
 class RateLimited(PermanentError):
     """Too many attempts: try again after `retry_after_s`."""
 
     reason = "rate_limited"
+    http_status = 429
 
     def __init__(self, detail: str, retry_after_s: int):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+# Reasons a worker answers with that no class above names (a handler's Refused, a reason=…).
+_HTTP_STATUS_OF_REASON = {
+    "access_denied": 403, "already_uploaded": 409,
+    "unavailable": 503, "unknown_query": 503, "internal_error": 502,
+}
+
+
+def http_status(reason: str | None, invalid_status: int = 422) -> int:
+    """The HTTP status for a worker's refusal reason. `invalid_status`: what a schema violation
+    is on this route (422 for a posted event, 400 for a query string)."""
+    if reason == InvalidEvent.reason:
+        return invalid_status
+    for cls in _ERROR_CLASSES:
+        if cls.reason == reason:
+            return cls.http_status
+    return _HTTP_STATUS_OF_REASON.get(reason or "", PermanentError.http_status)
 
 
 def safe_message(exc: BaseException) -> str:
@@ -120,3 +147,6 @@ def public_detail(exc: BaseException | None, reason: str) -> str:
 def describe(exc: BaseException) -> str:
     """`Type: message`, as safe_message."""
     return f"{type(exc).__name__}: {safe_message(exc)}"
+
+
+_ERROR_CLASSES = (Forbidden, NotFound, IdempotencyConflict, Unauthorized, RateLimited)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import threading
 import time
 
-import orjson
 import pika
 
-from shared import broker, contracts, db, envelope, outbox, strictjson, topology
+from shared import broker, contracts, db, envelope, outbox, replies, strictjson, topology
 from shared.backoff import Backoff
 from shared.config import Config
-from shared.errors import PermanentError, RateLimited
+from shared.errors import PermanentError
 from shared.handler import Context, Refused, Request, WorkerSpec
 from shared.logging import log, write_lines
 from shared.metrics import WorkerMetrics
@@ -105,35 +104,31 @@ class QueryServer:
     def _on_message(self, channel, method, properties, body) -> None:
         started = time.perf_counter()
         name = properties.type or method.routing_key
-        request, answer = None, None
+        request, error = None, None
         try:
             request = self._request(name, body)
-            answer = {"status": "ok", "result": self._answer(request)}
+            answer = replies.ok(self._answer(request))
         except Refusal as exc:
-            answer = {"status": "error", "error": exc.error, "detail": exc.detail}
-        except RateLimited as exc:
-            answer = {"status": "error", "error": exc.reason, "detail": exc.detail,
-                      "retry_after_s": exc.retry_after_s}
-        except PermanentError as exc:
-            answer = {"status": "error", "error": exc.reason, "detail": exc.detail,
-                      "field": getattr(exc, "field", None)}
+            error, answer = exc.error, replies.error(exc.error, exc.detail)
+        except PermanentError as exc:  # a RateLimited carries its Retry-After
+            error, answer = exc.reason, replies.refusal(exc)
         except Unavailable as exc:
-            answer = {"status": "error", "error": "unavailable", "detail": "the database is unavailable"}
+            error, answer = "unavailable", replies.error("unavailable", "the database is unavailable")
             log.warning("query failed: database unavailable", worker=self.spec.name, query=name,
                         error=str(exc)[:200])
-        except Exception as exc:
-            answer = {"status": "error", "error": "internal_error", "detail": "internal error"}
-            log.error("query failed", worker=self.spec.name, query=name, error=type(exc).__name__)
+        except Exception as exc:  # our bug: the caller gets an answer now instead of a timeout
+            error, answer = "internal_error", replies.error("internal_error", "internal error")
+            log.error("query failed", worker=self.spec.name, query=name, error=type(exc).__name__)  # its text may hold a passcode
         if properties.reply_to:
-            channel.basic_publish("", properties.reply_to, orjson.dumps(answer, default=str), pika.BasicProperties(
+            channel.basic_publish("", properties.reply_to, answer, pika.BasicProperties(
                 content_type="application/json", correlation_id=properties.correlation_id, delivery_mode=1))
         channel.basic_ack(method.delivery_tag)
-        self.metrics.count_query(name, "ok" if answer["status"] == "ok" else str(answer.get("error")))
+        self.metrics.count_query(name, error or "ok")
         # the parameters (a passcode, an access token) are never logged; the outcome is
         write_lines([("info", "query answered", {
             "worker": self.spec.name, "query": name, "user_id": request.user_id if request else None,
             "client_generated_id": request.event.id if request and request.event else None,
-            "status": answer["status"], "error": answer.get("error"),
+            "status": "error" if error else "ok", "error": error,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2)})])
 
     # ---- one query ----------------------------------------------------------------------

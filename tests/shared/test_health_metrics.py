@@ -93,7 +93,7 @@ def test_liveness_fails_when_the_processing_thread_is_gone(vhost, settings_db):
     thread.start()
     try:
         wait_for(lambda: status(port, "/livez") == 200, message="alive")
-        consumer._inbox.put(None)  # the processing thread's stop signal: as if it had died
+        consumer.loop.batches.put(None)  # the processing thread's stop signal: as if it had died
         wait_for(lambda: status(port, "/livez") == 503, timeout=5, message="dead processor noticed")
         code, body = get_json(port, "/livez")
         assert body["checks"] == {"consume_loop": "ok", "processor": "not running"}

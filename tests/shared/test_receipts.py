@@ -311,8 +311,7 @@ def probe(vhost, settings_db):
         thread = threading.Thread(target=consumer.run, daemon=True)
         thread.start()
         started.append((consumer, thread))
-        wait_for(lambda: consumer._queries is not None and consumer._queries.consuming()
-                 and consumer._channel is not None, message="probe consuming and answering")
+        wait_for(consumer.consuming, message="probe consuming and answering")
         return consumer
 
     yield run

@@ -66,9 +66,9 @@ def request_upload(rmq, user: str, video_id: str, content_type="video/mp4", size
     if caption is not None:
         data["caption"] = caption
     sent = publish(rmq, "media.upload_requested", data, user, reply_to=reply_to, correlation_id=str(uuid.uuid4()))
-    (reply,) = outcomes(rmq, reply_to)
-    reply["event"] = sent
-    return reply
+    (answer,) = outcomes(rmq, reply_to)
+    assert set(answer) <= {"status", "result", "error", "detail", "field", "retry_after_s"}  # shared/replies.py
+    return {**(answer.pop("result", None) or {}), **answer, "event": sent}
 
 
 def put_directly(storage, key: str, body: bytes, content_type: str) -> None:
