@@ -168,3 +168,10 @@ def queue_publish(channel, exchange: str, routing_key: str, body: bytes, propert
         channel.basic_publish(exchange, routing_key, body, properties, mandatory)
         return
     impl.basic_publish(exchange, routing_key, body, properties, mandatory)
+
+
+def virtual_host(connection) -> str:
+    """The vhost a BlockingConnection is on, for operator advice (pika has no public accessor);
+    "/" when it cannot tell."""
+    params = getattr(getattr(connection, "_impl", None), "params", None)
+    return getattr(params, "virtual_host", None) or "/"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pika
 
+from shared import pika_internals
 from shared.config import DeadLetterBounds
 from shared.logging import log
 
@@ -147,7 +148,7 @@ def declare_dead(channel, names: QueueNames, bounds: DeadLetterBounds) -> bool:
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 406 or side is channel:
             raise
-        vhost = getattr(getattr(getattr(connection, "_impl", None), "params", None), "virtual_host", None) or "/"
+        vhost = pika_internals.virtual_host(connection)
         fix = (f"bound it in place: {dead_letter_policy_command(bounds, vhost)} (then `workers status` shows "
                f"its bound); or, to declare it anew with these arguments, empty it (`workers dlq replay|purge "
                f"{names.worker}`), delete it (`rabbitmqctl delete_queue -p {shlex.quote(vhost)} {names.dead}`) "
