@@ -160,3 +160,23 @@ def feed_stack(jwt_secret, feed_keys, local_s3):
     """The ingress, settings and video workers on their own vhost, databases and bucket, for a module."""
     with feed_stack_support.running(jwt_secret, feed_keys, local_s3) as stack:
         yield stack
+
+
+# ---- tiers (tests/README.md): a marker per directory, so `-m unit` and the like select one --------
+_TIERS = {"unit": "pure functions, no services (tests/unit)",
+          "integration": "one component on the real services (tests/shared, tests/ingress, tests/workers, tests/k8s)",
+          "e2e": "stories across processes, and the browser (tests/test_*.py, tests/browser)"}
+
+
+def pytest_configure(config):
+    for name, what in _TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = item.nodeid.split("/")
+        folder = parts[1] if len(parts) > 2 else ""
+        tier = ("unit" if folder == "unit" else "integration" if folder in ("shared", "ingress", "workers", "k8s")
+                else "e2e")
+        item.add_marker(tier)
