@@ -1,16 +1,22 @@
-"""Fixtures on the real services: a throwaway RabbitMQ vhost and PostgreSQL database per test."""
+"""Fixtures on the real services: a throwaway RabbitMQ vhost and PostgreSQL database per test,
+and the processes (workers, ingress, the feed stack) tests start on them.
+
+Every fixture touching a service is requested by the tests that need it, never autouse: the unit
+tier (tests/unit) runs with PostgreSQL and RabbitMQ stopped. Helpers live in tests/support."""
 from __future__ import annotations
 
 import secrets
 import uuid
 
-import psycopg2
 import pytest
 
 from shared import migrate
-from tests.support import auth, rabbit
-
-PG = "postgresql://postgres@127.0.0.1:5432/"
+from shared.tokens import mint
+from tests.support import auth, feed_stack as feed_stack_support, rabbit
+from tests.support.db import PG, drop_database
+from tests.support.http import ready
+from tests.support.net import free_port
+from tests.support.processes import workers_cli
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,14 +45,6 @@ def rmq(vhost):
     client.close()
 
 
-def _drop_database(name: str) -> None:
-    admin = psycopg2.connect(PG + "postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
-
-
 @pytest.fixture
 def make_database():
     """make_database("settings") → URL of a new, migrated database for that domain."""
@@ -63,7 +61,7 @@ def make_database():
 
     yield make
     for name in created:
-        _drop_database(name)
+        drop_database(name)
 
 
 @pytest.fixture
@@ -92,17 +90,6 @@ def base_env(vhost, jwt_secret, feed_keys):
             "OUTBOX_RELAY_INTERVAL_S": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def query(url: str, sql: str, params=()):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.commit()
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def local_s3():
     """One ministack server for the session, spoken to over HTTP exactly as to Spaces."""
@@ -128,3 +115,68 @@ def storage(s3_env):
     from shared.storage import Storage, StorageConfig
     return Storage(StorageConfig(s3_env["S3_ENDPOINT_URL"], s3_env["S3_BUCKET"], s3_env["S3_ACCESS_KEY"],
                                  s3_env["S3_SECRET_KEY"]))
+
+
+@pytest.fixture
+def start_worker(base_env):
+    """start_worker("settings", SETTINGS_DATABASE_URL=…) → a running `workers run` process."""
+    started = []
+
+    def start(name: str, **env):
+        proc = workers_cli("run", name, env={**base_env, **{k: str(v) for k, v in env.items()}})
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.terminate()
+
+
+@pytest.fixture
+def start_ingress(base_env):
+    """start_ingress() → the port of a running ingress (gunicorn) on this test's vhost."""
+    started = []
+
+    def start(**env) -> int:
+        port = free_port()
+        proc = workers_cli("serve", env={**base_env, "PORT": str(port), **{k: str(v) for k, v in env.items()}})
+        started.append(proc)
+        rabbit.wait_for(lambda: ready(port), message="ingress ready")
+        return port
+
+    yield start
+    for proc in started:
+        proc.terminate()
+
+
+@pytest.fixture
+def bearer(jwt_secret):
+    """bearer(user_id) → a bearer token the test ingress accepts."""
+    return lambda user_id: mint(user_id, auth.jwt_config(jwt_secret))
+
+
+@pytest.fixture(scope="module")
+def feed_stack(jwt_secret, feed_keys, local_s3):
+    """The ingress, settings and video workers on their own vhost, databases and bucket, for a module."""
+    with feed_stack_support.running(jwt_secret, feed_keys, local_s3) as stack:
+        yield stack
+
+
+# ---- tiers (tests/README.md): a marker per directory, so `-m unit` and the like select one --------
+_TIERS = {"unit": "pure functions, no services (tests/unit)",
+          "integration": "one component on the real services (tests/shared, tests/ingress, tests/workers, tests/k8s)",
+          "e2e": "stories across processes, and the browser (tests/test_*.py, tests/browser)"}
+
+
+def pytest_configure(config):
+    for name, what in _TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = item.nodeid.split("/")
+        folder = parts[1] if len(parts) > 2 else ""
+        tier = ("unit" if folder == "unit" else "integration" if folder in ("shared", "ingress", "workers", "k8s")
+                else "e2e")
+        item.add_marker(tier)

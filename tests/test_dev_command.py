@@ -7,12 +7,13 @@ import socket
 import urllib.request
 import uuid
 
-from tests.conftest import query
+from tests.support.db import query
 from workers import WORKERS
 from tests.support.events import event
-from tests.support.processes import run_cli, workers_cli
+from tests.support.processes import descendants, run_cli, still_running, workers_cli
 from tests.support.rabbit import wait_for
-from tests.test_end_to_end import _ready, free_port, post
+from tests.support.http import post_events, ready
+from tests.support.net import free_port
 
 
 def test_dev_brings_everything_up_and_a_posted_event_lands(base_env, make_database):
@@ -23,10 +24,10 @@ def test_dev_brings_everything_up_and_a_posted_event_lands(base_env, make_databa
     dev = workers_cli("dev", env=env)
     try:
         port = int(env["PORT"])
-        wait_for(lambda: _ready(port), timeout=60, message=f"ingress up: {dev.text()[-2000:]}")
+        wait_for(lambda: ready(port), timeout=60, message=f"ingress up: {dev.text()[-2000:]}")
         user = str(uuid.uuid4())
         token = run_cli("token", user, env=env).stdout.strip()
-        status, _ = post(port, event(user_id=user), token)
+        status, _ = post_events(port, event(user_id=user), token)
         assert status == 202
         wait_for(lambda: query(settings_db, "SELECT count(*) FROM user_settings")[0][0] == 1, timeout=30)
         with socket.create_connection(("127.0.0.1", int(env["LOCAL_S3_PORT"])), timeout=2):
@@ -36,10 +37,17 @@ def test_dev_brings_everything_up_and_a_posted_event_lands(base_env, make_databa
         wait_for(lambda: _status(f"http://127.0.0.1:{settings_port}/readyz") == 200, timeout=30,
                  message="settings worker ready")
         assert _status(f"http://127.0.0.1:{int(env['HEALTH_PORT']) + sorted(WORKERS).index('video')}/livez") == 200
+        children = descendants(dev.proc.pid)  # the ingress (gunicorn and its workers), each worker, S3
+        assert len(children) > len(WORKERS) + 1, children
     finally:
-        dev.proc.send_signal(signal.SIGINT)
+        dev.proc.send_signal(signal.SIGINT)  # Ctrl-C
         dev.proc.wait(60)
-    assert dev.proc.returncode is not None
+    # Ctrl-C is the normal way out: a clean exit, nothing left running, the ports free again
+    assert dev.proc.returncode == 0, dev.text()[-2000:]
+    assert "stopping everything" not in dev.text(), "a process died before Ctrl-C"
+    assert still_running(children) == set()
+    assert not _listening(port) and not _listening(int(env["LOCAL_S3_PORT"]))
+    assert not _listening(settings_port)
 
 
 def _status(url: str) -> int | None:
@@ -49,3 +57,11 @@ def _status(url: str) -> int | None:
             return resp.status
     except OSError:
         return None
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from shared import contracts
 from tests.support.events import event
 from tests.support.http import call
-from tests.test_feed_access import EVENTS, stack  # noqa: F401  (the module's stack fixture)
+from tests.support.feed_stack import EVENTS, Stack
+
+@pytest.fixture(scope="module")
+def stack(feed_stack) -> Stack:
+    """The module's one feed stack (tests/conftest.py feed_stack)."""
+    return feed_stack
+
 
 HOSTILE = [None, "", " ", "0", "-1", "x" * 70_000, "\u202e\u0301" * 50, "' OR 1=1; --", "<script>alert(1)</script>",
            "../../etc/passwd", "%00", "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),

@@ -8,13 +8,14 @@ import uuid
 
 import pytest
 
-from tests.conftest import query
+from tests.support.db import query
 from tests.support import auth
 from tests.support.events import SEED_DATA, event
 from tests.support.http import call
 from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
-from tests.test_end_to_end import _ready, free_port
+from tests.support.http import ready
+from tests.support.net import free_port
 
 EVENTS, RECEIPTS = "/api/v1/notify/events", "/api/v1/receipts"
 
@@ -51,7 +52,7 @@ def stack(base_env, make_database):
     procs = [workers_cli("run", name, env=env) for name in ("settings", "dm", "notify")]
     procs.append(workers_cli("serve", env=env))
     try:
-        wait_for(lambda: _ready(int(env["PORT"])), message="ingress ready")
+        wait_for(lambda: ready(int(env["PORT"])), message="ingress ready")
         for proc in procs[:3]:
             wait_for(lambda: any(l.get("msg") == "answering queries" for l in proc.logs()), message="queries")
         yield Stack(env, base_env["JWT_SECRET"])

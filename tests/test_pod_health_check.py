@@ -11,7 +11,6 @@ from tests.support.events import dumps, event
 from tests.support.processes import REPO, run_cli
 from tests.support.rabbit import url_via, wait_for
 from tests.support.tcpproxy import TcpProxy
-from tests.workers.conftest import start_worker  # noqa: F401  (a fixture: `workers run` as a process)
 
 
 def health_check(tmp_path, env: dict, *args: str) -> tuple[int, str]:

@@ -25,7 +25,8 @@ from shared import secrets
 from shared.config import Config, JwtConfig
 from tests.support import auth
 from tests.support.rabbit import wait_for
-from tests.test_end_to_end import _ready, free_port
+from tests.support.http import ready
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_KEY = "k" * 7 + "0123456789abcdefghijklmnopqrstuvwxyz"  # 43 bytes, not a placeholder
@@ -132,7 +133,7 @@ def test_serve_without_issuer_and_audience_starts_when_explicitly_waived(vhost):
     proc = subprocess.Popen([sys.executable, "-m", "workers", "serve"], env={**clean, **env}, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _ready(int(env["PORT"])) or proc.poll() is not None, timeout=30, message="ingress up")
+        wait_for(lambda: ready(int(env["PORT"])) or proc.poll() is not None, timeout=30, message="ingress up")
         assert proc.poll() is None, f"the waived ingress exited with {proc.returncode}"
     finally:
         proc.terminate()

@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import Rabbit, wait_for
 from tests.support.uploads import post_form
-from tests.test_end_to_end import _ready, free_port
+from tests.support.http import ready
+from tests.support.net import free_port
 from tests.support.events import event
 
 
@@ -38,7 +39,7 @@ def stack(base_env, make_database, s3_env):
     run_cli("topology", env=env)
     procs = [workers_cli("run", "video", env=env), workers_cli("run", "transcode", env=env),
              workers_cli("serve", env=env)]
-    wait_for(lambda: _ready(int(env["PORT"])), message="ingress ready")
+    wait_for(lambda: ready(int(env["PORT"])), message="ingress ready")
     yield env, db
     for proc in procs:
         proc.terminate()

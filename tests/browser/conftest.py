@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import query
+from tests.support.db import query
 from tests.support import auth, rabbit
 from tests.support.browser import Browser, PageServer
 from tests.support.http import call
 from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
-from tests.test_end_to_end import _ready, free_port
+from tests.support.http import ready
+from tests.support.net import free_port
 
 EVENTS = "/api/v1/notify/events"
 BLANK = "<!doctype html><meta charset=utf-8><title>spotter client test</title>"
@@ -60,7 +61,7 @@ class Stack:
     def start_ingress(self):
         self.ingress = workers_cli("serve", env={**self.env, "RABBITMQ_URL": rabbit.url_via(
             self.env["RABBITMQ_URL"], self.proxy.port)})
-        wait_for(lambda: _ready(self.port), timeout=30, message="ingress ready")
+        wait_for(lambda: ready(self.port), timeout=30, message="ingress ready")
 
     def stop_ingress(self):
         self.ingress.terminate()

@@ -10,12 +10,13 @@ import uuid
 import pytest
 
 from ingress.auth import Verifier
-from tests.conftest import query
+from tests.support.db import query
 from tests.support import auth
 from tests.support.browser import BrowserError
 from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
-from tests.test_end_to_end import _ready, free_port
+from tests.support.http import ready
+from tests.support.net import free_port
 from workers.devpage import DevPage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +71,7 @@ def example(base_env, make_database, devpage_for):
     workers = [workers_cli("run", name, env=env) for name in ("settings", "dm", "notify")]
     ingress = workers_cli("serve", env=env)
     try:
-        wait_for(lambda: _ready(port), message="ingress ready")
+        wait_for(lambda: ready(port), message="ingress ready")
         for proc in workers:  # receipts and the inbox are queries these answer
             wait_for(lambda: any(l.get("msg") == "answering queries" for l in proc.logs()), message="queries")
         yield page, env

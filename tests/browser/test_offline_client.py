@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import event
 from tests.support.http import call
 from tests.support.rabbit import wait_for

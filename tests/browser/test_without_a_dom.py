@@ -9,7 +9,7 @@ import subprocess
 import urllib.request
 import uuid
 
-from tests.conftest import query
+from tests.support.db import query
 
 NODE_MODULES = pathlib.Path(__file__).parent / "node_modules"
 

@@ -15,8 +15,8 @@ from ingress.app import App
 from ingress.cors import Cors
 from shared import contracts
 from shared.config import Config
-from tests.ingress.test_openapi import _call
 from tests.support import auth
+from tests.support.wsgi import call_app
 
 ORIGIN = "https://app.spotter.test"
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def app() -> App:
 
 
 def test_the_module_is_served_as_javascript_cacheable_and_importable_cross_origin(app):
-    status, headers, body = _call(app, "GET", documents.CLIENT_PATH, HTTP_ORIGIN=ORIGIN)
+    status, headers, body = call_app(app, "GET", documents.CLIENT_PATH, HTTP_ORIGIN=ORIGIN)
     assert status == 200
     assert headers["Content-Type"] == "text/javascript; charset=utf-8"
     assert headers["Cache-Control"] == "public, max-age=3600"
@@ -40,17 +40,17 @@ def test_the_module_is_served_as_javascript_cacheable_and_importable_cross_origi
 
 
 def test_a_cached_copy_is_revalidated_by_its_etag(app):
-    _, headers, _ = _call(app, "GET", documents.CLIENT_PATH)
-    status, again, body = _call(app, "GET", documents.CLIENT_PATH, HTTP_IF_NONE_MATCH=f'W/{headers["ETag"]}, "x"')
+    _, headers, _ = call_app(app, "GET", documents.CLIENT_PATH)
+    status, again, body = call_app(app, "GET", documents.CLIENT_PATH, HTTP_IF_NONE_MATCH=f'W/{headers["ETag"]}, "x"')
     assert (status, body, again["ETag"]) == (304, b"", headers["ETag"])
     assert "Content-Type" not in again
-    status, _, body = _call(app, "GET", documents.CLIENT_PATH, HTTP_IF_NONE_MATCH='"stale"')
+    status, _, body = call_app(app, "GET", documents.CLIENT_PATH, HTTP_IF_NONE_MATCH='"stale"')
     assert status == 200 and body
 
 
 def test_the_client_knows_the_servers_query_events_and_batch_size(app):
     """The module is written by hand (no build step): these constants must follow the server's."""
-    _, _, body = _call(app, "GET", documents.CLIENT_PATH)
+    _, _, body = call_app(app, "GET", documents.CLIENT_PATH)
     source = body.decode()
     query_types = re.search(r"QUERY_EVENT_TYPES = Object\.freeze\(\[([^\]]*)\]\)", source).group(1)
     assert set(re.findall(r"'([a-z._]+)'", query_types)) == contracts.request_reply_event_types()

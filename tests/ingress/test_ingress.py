@@ -5,8 +5,6 @@ the broker away; one throwaway vhost with a queue bound to both client event typ
 """
 from __future__ import annotations
 
-import http.client
-import json
 import socket
 import sys
 import time
@@ -21,11 +19,12 @@ import pytest
 from shared import contracts
 from tests.support import auth, rabbit
 from tests.support.events import SEED_DATA, rfc3339
+from tests.support.ingress_server import EVENTS, Ingress, answers
+from tests.support.net import free_port
 from tests.support.processes import Process
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
 
-EVENTS = "/api/v1/notify/events"
 QUEUE = "ingress-watch"
 BOUND = ("user.settings.submitted", "app.settings.updated")
 MAX_BODY = 64 * 1024
@@ -70,53 +69,9 @@ def proxy():
     p.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Ingress:
-    def __init__(self, proc: Process, port: int, secret: str):
-        self.proc, self.port, self.secret = proc, port, secret
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            raw = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(raw) if raw else None
-        finally:
-            conn.close()
-
-    def post(self, payload, token: str | None = "default", content_type: str = "application/json",
-             sub: str | None = None):
-        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        headers = {"Content-Type": content_type}
-        if token == "default":
-            token = self.token(sub or _user_of(payload))
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.request("POST", EVENTS, body, headers)
-
-    def token(self, sub: str, key: str | None = None, algorithm: str = "HS256", ttl_s: int = 300, **claims) -> str:
-        return auth.encode(self.secret if key is None else key, sub, ttl_s, algorithm=algorithm, **claims)
-
-    def readiness(self, n: int = 6) -> set[int]:
-        """Statuses of n fresh connections' /readyz: each may land on either worker."""
-        return {self.request("GET", "/readyz")[0] for _ in range(n)}
-
-
-def _user_of(payload) -> str:
-    if isinstance(payload, list):
-        payload = payload[0]
-    return payload["user_id"] if isinstance(payload, dict) else str(uuid.uuid4())
-
-
 @pytest.fixture(scope="module")
 def ingress(broker_url, watcher, proxy, jwt_secret):
-    port = _free_port()
+    port = free_port()
     proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", "ingress.app:application"],
                    env={"RABBITMQ_URL": rabbit.url_via(broker_url, proxy.port), **auth.ingress_env(jwt_secret),
                         "PORT": str(port), "WEB_CONCURRENCY": "2",
@@ -125,7 +80,7 @@ def ingress(broker_url, watcher, proxy, jwt_secret):
                         "BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S), "PYTHONUNBUFFERED": "1"})
     app = Ingress(proc, port, jwt_secret)
     try:
-        wait_for(lambda: _answers(app) and app.readiness() == {200}, timeout=30, message="ingress ready")
+        wait_for(lambda: answers(app) and app.readiness() == {200}, timeout=30, message="ingress ready")
     except AssertionError:
         proc.terminate()
         raise AssertionError(f"ingress did not become ready:\n{proc.text()[-3000:]}")
@@ -134,13 +89,6 @@ def ingress(broker_url, watcher, proxy, jwt_secret):
 
 
 BODY_READ_TIMEOUT_S = 1
-
-
-def _answers(app: Ingress) -> bool:
-    try:
-        return app.request("GET", "/healthz")[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from tests.support.metrics import scrape
 from tests.support.processes import Process
 from tests.support.rabbit import Rabbit, url_via, wait_for
 from tests.support.tcpproxy import TcpProxy
-from tests.test_end_to_end import free_port
+from tests.support.net import free_port
 
 EVENTS = "/api/v1/notify/events"
 COMPLETE = "/api/v1/videos/{video_id}/complete"

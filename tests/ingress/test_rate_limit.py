@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from tests.ingress.test_ingress import EVENTS, Ingress, _answers, _free_port
+from tests.support.ingress_server import Ingress, answers
+from tests.support.net import free_port
 from tests.support import auth, rabbit
 from tests.support.events import event
 from tests.support.processes import Process
@@ -23,14 +24,14 @@ def limited(jwt_secret):
     watcher.channel.exchange_declare("app.events", exchange_type="topic", durable=True)
     watcher.channel.queue_declare("watch", durable=True)
     watcher.channel.queue_bind("watch", "app.events", routing_key="user.settings.submitted")
-    port = _free_port()
+    port = free_port()
     proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", "ingress.app:application"],
                    env={"RABBITMQ_URL": url, **auth.ingress_env(jwt_secret), "PORT": str(port),
                         "WEB_CONCURRENCY": "1", "MAX_BATCH_EVENTS": str(MAX_EVENTS),
                         "RATE_LIMIT_BURST": str(BURST), "RATE_LIMIT_EVENTS_PER_S": "0.5"})
     app = Ingress(proc, port, jwt_secret)
     try:
-        wait_for(lambda: _answers(app) and app.readiness(2) == {200}, timeout=30, message="ingress ready")
+        wait_for(lambda: answers(app) and app.readiness(2) == {200}, timeout=30, message="ingress ready")
         yield app, watcher
     finally:
         proc.terminate()

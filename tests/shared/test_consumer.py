@@ -10,7 +10,7 @@ from shared.config import Config
 from shared.consumer import Consumer
 from shared.errors import Forbidden, TransientError
 from shared.handler import WorkerSpec
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import dumps, event
 from tests.support.rabbit import wait_for
 

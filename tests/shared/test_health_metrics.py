@@ -10,13 +10,13 @@ import pytest
 from shared.config import Config
 from shared.consumer import Consumer
 from shared.handler import WorkerSpec
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
 from tests.support.metrics import delta, get_json, scrape
 from tests.support.rabbit import url_via, wait_for
 from tests.support.tcpproxy import TcpProxy
-from tests.test_end_to_end import free_port
-from tests.workers.conftest import answering_queries, start_worker  # noqa: F401  (fixture)
+from tests.support.net import free_port
+from tests.support.processes import answering_queries
 
 SETTINGS = "user.settings.submitted"
 

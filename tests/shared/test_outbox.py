@@ -5,7 +5,7 @@ import sys
 import time
 
 from shared.envelope import outcome_id
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import dumps, event
 from tests.support.processes import Process
 from tests.support.rabbit import wait_for

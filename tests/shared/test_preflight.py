@@ -5,7 +5,6 @@ import subprocess
 
 from shared.topology import QueueNames, main_queue_arguments
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import start_worker  # noqa: F401  (a fixture: `workers run` as a process)
 
 
 def exits(worker) -> dict:

@@ -18,12 +18,12 @@ from shared.config import Config
 from shared.consumer import Consumer
 from shared.errors import Forbidden, NotYet, TransientError
 from shared.handler import WorkerSpec
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
 from tests.support.processes import run_cli
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
-from tests.workers.conftest import answering_queries, start_worker  # noqa: F401  (fixture)
+from tests.support.processes import answering_queries
 
 
 def new_id() -> str:

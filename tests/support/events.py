@@ -29,3 +29,8 @@ def seed_event() -> dict:
 
 def dumps(obj) -> bytes:
     return orjson.dumps(obj)
+
+
+def new_id() -> str:
+    """A new id (a user, a video, a post): a random UUID as text."""
+    return str(uuid.uuid4())

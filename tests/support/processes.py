@@ -65,3 +65,40 @@ def run_cli(*args: str, env: dict, check: bool = True, input: str | None = None)
     if check and result.returncode != 0:
         raise AssertionError(f"workers {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def answering_queries(proc) -> bool:
+    """True once a worker process consumes its query queue (it logs "answering queries")."""
+    return any(line.get("msg") == "answering queries" for line in proc.logs())
+
+
+def descendants(pid: int) -> set[int]:
+    """Pids of every living process under `pid` (children, their children, …), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def still_running(pids: set[int]) -> set[int]:
+    """Those of `pids` that are still running (not exited, not a zombie waiting to be reaped)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 import pytest
 
-from tests.conftest import query
+from tests.support.db import processed, query
 from tests.support.events import dumps, event
 from tests.support.http import call
 from tests.support.openwebui_standin import OpenWebUIStandin, Reply
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import answering_queries
+from tests.support.bus import dead_letters, outcomes
+from tests.support.processes import answering_queries
 
 EVENTS = "/api/v1/notify/events"
 
@@ -50,25 +50,9 @@ def submit(rmq, user: str, prompt: str, prompt_id: str | None = None, body: dict
     return body
 
 
-def outcomes(rmq, queue: str, count: int = 1) -> list[dict]:
-    wait_for(lambda: rmq.depth(queue) >= count, message=f"{count} message(s) on {queue}")
-    return [orjson.loads(body) for _, body in rmq.drain(queue)]
-
-
-def dead_letters(rmq, count: int) -> dict[str, dict]:
-    """message_id → headers of the `count` messages the ai worker dead-lettered."""
-    wait_for(lambda: rmq.depth("ai.dead") >= count, message=f"{count} dead letter(s)")
-    return {p.message_id: p.headers for p, _ in rmq.drain("ai.dead")}
-
-
 def responses(db, prompt_id: str) -> list[tuple]:
     return query(db, "SELECT status, answer, model, failure_reason FROM responses WHERE prompt_id = %s",
                  (prompt_id,))
-
-
-def processed(db, body: dict) -> None:
-    wait_for(lambda: query(db, "SELECT count(*) FROM idempotency_keys WHERE client_generated_id = %s",
-                           (body["client_generated_id"],))[0][0] == 1, message="event processed")
 
 
 def assert_never_logged(proc, *secrets: str) -> None:
@@ -140,7 +124,7 @@ def test_rejected_and_invalid_prompts_are_dead_lettered_while_the_next_is_answer
     rejected = submit(rmq, user, rejected_prompt)     # the endpoint answers 400
     good = submit(rmq, user, good_prompt)
     processed(db, good)
-    dead = dead_letters(rmq, 2)
+    dead = dead_letters(rmq, "ai", 2)
     assert dead[blank["client_generated_id"]]["x-dead-reason"] == "invalid"
     assert dead[blank["client_generated_id"]]["x-dead-field"] == "data.prompt"
     headers = dead[rejected["client_generated_id"]]
@@ -173,13 +157,13 @@ def test_an_endpoint_that_keeps_failing_or_answers_nothing_is_dead_lettered(ai_w
     # three 500s: every attempt (MAX_ATTEMPTS=3) fails
     openwebui.script(500, 500, 500)
     failing = submit(rmq, str(uuid.uuid4()), prompt_text())
-    (headers,) = dead_letters(rmq, 1).values()
+    (headers,) = dead_letters(rmq, "ai", 1).values()
     assert headers["x-dead-reason"] == "retries_exhausted" and headers["x-attempts"] == 3
     assert openwebui.calls == 3
     # a 200 without an answer in it
     openwebui.script(Reply(200, body=b'{"object": "chat.completion", "choices": []}'))
     empty = submit(rmq, str(uuid.uuid4()), prompt_text())
-    (headers,) = dead_letters(rmq, 1).values()
+    (headers,) = dead_letters(rmq, "ai", 1).values()
     assert headers["x-dead-reason"] == "ai_bad_response"
     assert query(db, "SELECT count(*) FROM prompts WHERE prompt_id IN (%s, %s)",
                  (failing["data"]["prompt_id"], empty["data"]["prompt_id"])) == [(0,)]
@@ -221,7 +205,7 @@ def test_the_same_prompt_twice_costs_one_call_and_gives_one_answer(ai_worker, op
     assert rmq.depth("ai.dead") == 0 and rmq.depth(ready) == 0
     # another question under the same prompt_id is refused, not silently dropped
     other = submit(rmq, user, prompt_text(), prompt_id)
-    assert dead_letters(rmq, 1)[other["client_generated_id"]]["x-dead-reason"] == "prompt_id_conflict"
+    assert dead_letters(rmq, "ai", 1)[other["client_generated_id"]]["x-dead-reason"] == "prompt_id_conflict"
     assert openwebui.calls == 1
 
 
@@ -232,7 +216,7 @@ def test_someone_elses_prompt_can_be_neither_taken_nor_read(ai_worker, openwebui
     processed(db, submit(rmq, owner, prompt_text(), prompt_id))
     # the stranger reuses the prompt_id: dead-lettered as forbidden, no call, the owner's answer kept
     taken = submit(rmq, stranger, prompt_text(), prompt_id)
-    assert dead_letters(rmq, 1)[taken["client_generated_id"]]["x-dead-reason"] == "forbidden"
+    assert dead_letters(rmq, "ai", 1)[taken["client_generated_id"]]["x-dead-reason"] == "forbidden"
     assert openwebui.calls == 1
     assert query(db, "SELECT user_id::text FROM prompts WHERE prompt_id = %s", (prompt_id,)) == [(owner,)]
     # and cannot read it; an unknown prompt is not found

@@ -14,12 +14,13 @@ import psycopg2
 import pytest
 
 from shared.handler import Request
-from tests.conftest import query
-from tests.support.events import event
+from tests.support.bus import publish
+from tests.support.db import processed, query
+from tests.support.media import seed_post
+from tests.support.events import event, new_id as user
 from tests.support.http import call
+from tests.support.processes import answering_queries
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import answering_queries
-from tests.workers.test_video import processed, publish, seed_post, user
 from workers import feed_reads
 
 EVENTS = "/api/v1/notify/events"

@@ -6,7 +6,7 @@ import uuid
 
 
 from shared.envelope import outcome_id
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
 from tests.support.processes import run_cli
 from tests.support.rabbit import wait_for

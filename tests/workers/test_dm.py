@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 import pytest
 
 from shared import migrate
 from shared.tokens import mint
-from tests.conftest import PG, _drop_database, query
+from tests.support.db import PG, drop_database, query
 from tests.support import rabbit
 from tests.support.auth import ingress_env, jwt_config
 from tests.support.events import dumps, event
 from tests.support.http import call
 from tests.support.processes import workers_cli
 from tests.support.rabbit import wait_for
-from tests.test_end_to_end import _ready, free_port
-from tests.workers.conftest import answering_queries
+from tests.support.http import ready
+from tests.support.net import free_port
+from tests.support.bus import outcomes, publish
+from tests.support.processes import answering_queries
 
 EVENTS = "/api/v1/notify/events"
 
@@ -71,13 +72,13 @@ def stack(jwt_secret, feed_keys):
     ingress = workers_cli("serve", env=env)
     try:
         stack.worker = stack.start_worker()
-        wait_for(lambda: _ready(stack.port), message="ingress ready")
+        wait_for(lambda: ready(stack.port), message="ingress ready")
         yield stack
     finally:
         for proc in [ingress, *stack.workers]:
             proc.terminate()
         rabbit.delete_vhost(vhost)
-        _drop_database(db_name)
+        drop_database(db_name)
 
 
 @pytest.fixture
@@ -90,12 +91,6 @@ def bus(stack):
 
 def user() -> str:
     return str(uuid.uuid4())
-
-
-def publish(bus, event_type: str, data: dict, user_id: str) -> dict:
-    body = event(event_type, data=data, user_id=user_id)
-    bus.publish("app.events", event_type, dumps(body), message_id=body["client_generated_id"], type=event_type)
-    return body
 
 
 def start(bus, starter: str, others: list[str], conversation_id: str | None = None, **extra) -> dict:
@@ -136,11 +131,6 @@ def dead_letters(stack, bus, *events: dict, timeout: float = 20) -> dict[str, di
 def none_dead(stack, bus, *events: dict) -> bool:
     stack.dead.update({p.message_id: p.headers for p, _ in bus.drain("dm.dead")})
     return not {e["client_generated_id"] for e in events} & stack.dead.keys()
-
-
-def outcomes(bus, queue: str, count: int = 1) -> list[dict]:
-    wait_for(lambda: bus.depth(queue) >= count, message=f"{count} message(s) on {queue}")
-    return [orjson.loads(body) for _, body in bus.drain(queue)]
 
 
 def messages(stack, conversation_id: str) -> list[tuple]:

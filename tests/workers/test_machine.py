@@ -8,15 +8,15 @@ import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 
 from shared import migrate
-from tests.conftest import query
+from tests.support.db import processed, query
 from tests.support.events import dumps, event, rfc3339
 from tests.support.http import call
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import answering_queries
+from tests.support.bus import dead_letters, outcomes, publish_body
+from tests.support.processes import answering_queries
 
 EVENTS = "/api/v1/notify/events"
 BASE = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
@@ -47,9 +47,7 @@ def at(seconds: float) -> str:
 
 
 def publish(rmq, event_type: str, data: dict, author: str, ts: float = 0, body: dict | None = None) -> dict:
-    body = body or event(event_type, data=data, user_id=author, timestamp=at(ts))
-    rmq.publish("app.events", event_type, dumps(body), message_id=body["client_generated_id"], type=event_type)
-    return body
+    return publish_body(rmq, body or event(event_type, data=data, user_id=author, timestamp=at(ts)))
 
 
 def create(rmq, author: str, text: str = "seat on 4", machine: str = "QR:leg-press.7", ts: float = 0,
@@ -69,28 +67,10 @@ def created(rmq, author: str, text: str, ts: float = 0) -> tuple[str, str]:
     return note_id, persisted
 
 
-def processed(db, *events: dict) -> None:
-    """Wait until the worker committed these events (their idempotency keys are in)."""
-    ids = [e["client_generated_id"] for e in events]
-    wait_for(lambda: query(db, "SELECT count(*) FROM idempotency_keys WHERE client_generated_id = ANY(%s::uuid[])",
-                           (ids,))[0][0] == len(ids), message=f"{len(ids)} event(s) processed")
-
-
 def note(db, note_id: str) -> tuple | None:
     rows = query(db, "SELECT author_id::text, machine_id, body, deleted_at IS NOT NULL FROM machine_notes "
                      "WHERE note_id = %s", (note_id,))
     return rows[0] if rows else None
-
-
-def outcomes(rmq, queue: str, count: int) -> list[dict]:
-    wait_for(lambda: rmq.depth(queue) >= count, message=f"{count} message(s) on {queue}")
-    return [orjson.loads(body) for _, body in rmq.drain(queue)]
-
-
-def dead_letters(rmq, count: int) -> dict[str, dict]:
-    """message_id → headers of the `count` messages the machine worker dead-lettered."""
-    wait_for(lambda: rmq.depth("machine.dead") >= count, message=f"{count} dead letter(s)")
-    return {p.message_id: p.headers for p, _ in rmq.drain("machine.dead")}
 
 
 def settle(rmq, db, author: str) -> dict:
@@ -137,7 +117,7 @@ def test_only_the_author_can_edit_or_delete_a_note(machine_worker, rmq):
     delete = publish(rmq, "machine.note.deleted", {"note_id": note_id}, stranger, ts=6)
     squat = publish(rmq, "machine.note.created", {"note_id": note_id, "machine_id": "QR:x", "body": "hi"}, stranger, 7)
     # Then each is dead-lettered as forbidden and the note is untouched
-    dead = dead_letters(rmq, 3)
+    dead = dead_letters(rmq, "machine", 3)
     assert {dead[e["client_generated_id"]]["x-dead-reason"] for e in (edit, delete, squat)} == {"forbidden"}
     assert note(db, note_id) == (author, "QR:leg-press.7", "grip: wide", False)
     # while the author's own edit lands and is announced
@@ -200,7 +180,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_event_lands(mac
                        author)
     good = create(rmq, author, "fine")
     wait_for(lambda: note(db, good) is not None, message="the good note lands")
-    dead = dead_letters(rmq, 5)
+    dead = dead_letters(rmq, "machine", 5)
     reasons = {k: (h["x-dead-reason"], h.get("x-dead-field")) for k, h in dead.items()}
     assert reasons == {
         bad_machine["client_generated_id"]: ("invalid", "data.machine_id"),

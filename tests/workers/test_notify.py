@@ -15,12 +15,12 @@ import pytest
 
 from shared import contracts, migrate
 from shared.envelope import rfc3339
-from tests.conftest import PG, _drop_database, query
+from tests.support.db import PG, drop_database, query
 from tests.support import rabbit
 from tests.support.events import dumps, event
 from tests.support.processes import workers_cli
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import answering_queries
+from tests.support.processes import answering_queries
 
 MAX_ITEMS = 5
 
@@ -60,7 +60,7 @@ def stack(jwt_secret):
             proc.terminate()
         rabbit.delete_vhost(vhost)
         for name in names.values():
-            _drop_database(name)
+            drop_database(name)
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 
 from shared import migrate
-from tests.conftest import query
+from tests.support.db import processed, query
 from tests.support.events import dumps, event
 from tests.support.http import call
 from tests.support.rabbit import wait_for
-from tests.workers.conftest import answering_queries
+from tests.support.bus import dead_letters, outcomes, publish
+from tests.support.processes import answering_queries
 
 EVENTS = "/api/v1/notify/events"
 SQUAT = {"name": "Back squat", "sets": 5, "reps": 5, "weight": {"value": 100, "unit": "kg"}}
@@ -51,30 +51,6 @@ def reader(program_worker, start_ingress, bearer):
 
 def consuming(proc) -> bool:
     return any(line.get("msg") == "consuming" for line in proc.logs())
-
-
-def publish(rmq, event_type: str, data: dict, user: str, **envelope) -> dict:
-    body = event(event_type, data=data, user_id=user, **envelope)
-    rmq.publish("app.events", event_type, dumps(body), message_id=body["client_generated_id"], type=event_type)
-    return body
-
-
-def processed(db, *events: dict, timeout: float = 20) -> None:
-    """Wait until the worker committed these events (their idempotency keys are in)."""
-    ids = [e["client_generated_id"] for e in events]
-    wait_for(lambda: query(db, "SELECT count(*) FROM idempotency_keys WHERE client_generated_id = ANY(%s::uuid[])",
-                           (ids,))[0][0] == len(set(ids)), timeout=timeout, message=f"{len(ids)} event(s) processed")
-
-
-def dead_letters(rmq, count: int) -> dict[str, dict]:
-    """message_id → headers of the `count` messages the program worker dead-lettered."""
-    wait_for(lambda: rmq.depth("program.dead") >= count, message=f"{count} dead letter(s)")
-    return {p.message_id: p.headers for p, _ in rmq.drain("program.dead")}
-
-
-def outcomes(rmq, queue: str, count: int = 1) -> list[dict]:
-    wait_for(lambda: rmq.depth(queue) >= count, message=f"{count} message(s) on {queue}")
-    return [orjson.loads(body) for _, body in rmq.drain(queue)]
 
 
 def new_id() -> str:
@@ -167,7 +143,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_event_lands(pro
     }
     good = publish(rmq, "program.created", plan(program_id, new_id()), owner)
     # Then each bad one is dead-lettered as invalid naming its field, and the good one lands
-    dead = dead_letters(rmq, len(sent))
+    dead = dead_letters(rmq, "program", len(sent))
     for field, body in sent.items():
         headers = dead[body["client_generated_id"]]
         assert (headers["x-dead-reason"], headers.get("x-dead-field")) == ("invalid", field), headers
@@ -203,7 +179,7 @@ def test_someone_elses_program_and_session_cannot_be_changed_or_read(reader, rmq
         publish(rmq, "workout_session.completed", {"session_id": session_id}, stranger),
     ]
     # Then every one is refused as forbidden
-    dead = dead_letters(rmq, len(attempts))
+    dead = dead_letters(rmq, "program", len(attempts))
     assert {k: h["x-dead-reason"] for k, h in dead.items()} == {a["client_generated_id"]: "forbidden"
                                                                for a in attempts}
     # and nothing of the owner's changed
@@ -253,7 +229,7 @@ def test_patches_merge_per_field_newest_wins_and_a_deleted_program_is_gone(reade
     assert get(owner, "/api/v1/programs")[1]["programs"] == []
     late = publish(rmq, "workout.added", {"program_id": program_id, "workout_id": new_id(), "name": "Late",
                                           "exercises": []}, owner)
-    assert dead_letters(rmq, 1)[late["client_generated_id"]]["x-dead-reason"] == "not_found"
+    assert dead_letters(rmq, "program", 1)[late["client_generated_id"]]["x-dead-reason"] == "not_found"
     assert revision(db, program_id) == 6
 
 
@@ -349,7 +325,7 @@ def test_a_session_logs_sets_and_is_summarized_once(reader, rmq):
     # And a set logged after completion is refused with a reason the app can show
     late = publish(rmq, "workout_session.set_logged", {"session_id": session_id, "set_id": new_id(),
                                                        **logged[0][0]}, owner)
-    headers = dead_letters(rmq, 1)[late["client_generated_id"]]
+    headers = dead_letters(rmq, "program", 1)[late["client_generated_id"]]
     assert headers["x-dead-reason"] == "session_completed" and "start a new session" in headers["x-dead-detail"]
     assert rmq.depth(summaries) == 0
     # And the owner reads the session: its program, the sets in the order they were logged, the totals

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from tests.conftest import query
+from tests.support.db import query
 from tests.support.events import SEED_DATA, SEED_USER, dumps, event, rfc3339, seed_event
 from tests.support.processes import run_cli
 from tests.support.rabbit import wait_for

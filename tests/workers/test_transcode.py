@@ -16,9 +16,10 @@ import pytest
 from shared import envelope
 from shared.errors import Forbidden
 from shared.storage import Storage
-from tests.conftest import query
+from tests.support.db import query
+from tests.support.media import publish_verified, upload
 from tests.support import clips
-from tests.support.events import dumps, event
+from tests.support.events import event
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
 from workers import transcode
@@ -57,26 +58,11 @@ def run_transcoder(start_worker, video_db, s3_env, scratch):
     return start
 
 
-def upload(storage: Storage, path: Path, user: str | None = None, video: str | None = None) -> dict:
-    """Put a file where the video worker would have verified it; the media.upload.verified it emits."""
-    user, video = user or str(uuid.uuid4()), video or str(uuid.uuid4())
-    key = job.source_key(user, video)
-    if path.exists():
-        storage.upload(str(path), key, "video/mp4")
-    size = path.stat().st_size if path.exists() else 1000
-    return event("media.upload.verified", user_id=user, source_service="video",
-                 data={"video_id": video, "key": key, "size_bytes": size, "content_type": "video/mp4"})
-
-
 def transcoded(storage: Storage, path: Path) -> dict:
     """`path` uploaded, verified and run through the whole job in this process: media.processed's data."""
     verified = upload(storage, path)
     return job.run(storage, Limits(), verified["user_id"], verified["data"]["video_id"], verified["data"]["key"],
                    path.stat().st_size)
-
-
-def publish(rmq, verified: dict) -> None:
-    rmq.publish("app.events", "media.upload.verified", dumps(verified))
 
 
 def received(rmq, queue: str, count: int, timeout: float = JOB_TIMEOUT) -> list[dict]:
@@ -180,7 +166,7 @@ def test_upload_becomes_a_playable_720p_rendition_and_a_thumbnail(run_transcoder
     verified = upload(storage, source)
     user, video = verified["user_id"], verified["data"]["video_id"]
     # When the video worker says it is verified
-    publish(rmq, verified)
+    publish_verified(rmq, verified)
     # Then media.processed tells the rendition's own facts, under the fixed keys
     (out,) = received(rmq, processed, 1)
     assert out["event_type"] == "media.processed" and out["source_service"] == "transcode"
@@ -215,8 +201,8 @@ def test_portrait_video_stays_portrait(run_transcoder, rmq, storage, tmp_path):
     assert abs(clips.rotation(clips.video_stream(clips.ffprobe(turned_file)))) == 90
     portrait, turned = upload(storage, portrait_file), upload(storage, turned_file)
     # When both are transcoded
-    publish(rmq, portrait)
-    publish(rmq, turned)
+    publish_verified(rmq, portrait)
+    publish_verified(rmq, turned)
     # Then both come out 360×640 frames without a rotation left for the player
     by_video = {e["data"]["video_id"]: e["data"] for e in received(rmq, processed, 2)}
     for verified, source in ((portrait, portrait_file), (turned, turned_file)):
@@ -244,7 +230,7 @@ def test_what_is_not_a_video_fails_once_with_a_reason(run_transcoder, rmq, stora
     }
     # When each is published as a verified upload
     for verified, _ in cases.values():
-        publish(rmq, verified)
+        publish_verified(rmq, verified)
     # Then each ends as one media.failed with its code and a sentence for the owner
     by_video = {e["data"]["video_id"]: e for e in received(rmq, failed, len(cases))}
     for name, (verified, code) in cases.items():
@@ -269,8 +255,8 @@ def test_the_same_verified_upload_twice_is_transcoded_once(run_transcoder, rmq, 
     processed = rmq.tap("app.events", "media.processed")
     verified = upload(storage, clips.clip(tmp_path / "clip.mp4", 320, 240, seconds=2.0))
     # When the same event (same client_generated_id) arrives twice
-    publish(rmq, verified)
-    publish(rmq, verified)
+    publish_verified(rmq, verified)
+    publish_verified(rmq, verified)
     wait_for(lambda: log_lines(worker, "duplicate skipped", verified["client_generated_id"]), timeout=JOB_TIMEOUT,
              message="the second copy skipped")
     # Then one transcode, one media.processed, one idempotency key
@@ -287,7 +273,7 @@ def test_worker_killed_mid_transcode_redoes_the_job_and_keeps_one_set_of_renditi
     source = clips.clip(tmp_path / "long.mp4", 1280, 720, seconds=10.0, pattern="testsrc2")
     verified = upload(storage, source)
     user, video = verified["user_id"], verified["data"]["video_id"]
-    publish(rmq, verified)
+    publish_verified(rmq, verified)
     ffmpeg_pids = wait_for(lambda: ffmpeg_children(first.proc.pid), timeout=JOB_TIMEOUT, interval=0.05,
                            message="ffmpeg running")
     # When the worker is killed outright (OOM killer, node loss)
@@ -319,7 +305,7 @@ def test_storage_outage_is_retried_with_delay_then_the_job_completes(run_transco
     try:
         # When storage is unreachable as the job starts
         proxy.cut()
-        publish(rmq, verified)
+        publish_verified(rmq, verified)
         wait_for(lambda: log_lines(worker, "event retried", verified["client_generated_id"]), timeout=JOB_TIMEOUT,
                  message="a delayed retry")
         proxy.restore()

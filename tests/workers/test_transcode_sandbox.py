@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.processes import REPO
 from tests.support.rabbit import wait_for
-from tests.workers.test_transcode import publish, upload
+from tests.support.media import publish_verified, upload
 from workers.transcoding import job, sandbox
 from workers.transcoding.errors import Rejected
 
@@ -77,7 +77,7 @@ def test_the_worker_hands_a_hostile_ffprobe_nothing(start_worker, make_database,
         # When an upload reaches it
         clip = tmp_path / "clip.mp4"
         clip.write_bytes(b"\0" * 1000)
-        publish(rmq, upload(storage, clip))
+        publish_verified(rmq, upload(storage, clip))
         rejected = wait_for(lambda: [l for l in worker.logs() if l.get("msg") == "video rejected"], timeout=60,
                             message="the upload rejected")
     finally:

@@ -7,12 +7,12 @@ import json
 import time
 import uuid
 
-import orjson
 import pytest
 
 from shared.envelope import outcome_id
-from tests.conftest import query
-from tests.support.events import dumps, event
+from tests.support.bus import dead_letters, outcomes, publish
+from tests.support.db import processed, query
+from tests.support.media import seed_post
 from tests.support.rabbit import wait_for
 from tests.support.uploads import post_form
 
@@ -30,31 +30,6 @@ def video_worker(start_worker, make_database, s3_env):
     return start
 
 
-def publish(rmq, event_type: str, data: dict, user: str, **props) -> dict:
-    body = event(event_type, data=data, user_id=user)
-    rmq.publish("app.events", event_type, dumps(body), message_id=body["client_generated_id"], type=event_type,
-                **props)
-    return body
-
-
-def processed(db, *events: dict) -> None:
-    """Wait until the worker committed these events (their idempotency keys are in)."""
-    ids = [e["client_generated_id"] for e in events]
-    wait_for(lambda: query(db, "SELECT count(*) FROM idempotency_keys WHERE client_generated_id = ANY(%s::uuid[])",
-                           (ids,))[0][0] == len(ids), message=f"{len(ids)} event(s) processed")
-
-
-def dead_letters(rmq, count: int) -> dict[str, dict]:
-    """message_id → headers of the `count` messages dead-lettered by the video worker."""
-    wait_for(lambda: rmq.depth("video.dead") >= count, message=f"{count} dead letter(s)")
-    return {p.message_id: p.headers for p, _ in rmq.drain("video.dead")}
-
-
-def outcomes(rmq, queue: str, count: int = 1) -> list[dict]:
-    wait_for(lambda: rmq.depth(queue) >= count, message=f"{count} message(s) on {queue}")
-    return [orjson.loads(body) for _, body in rmq.drain(queue)]
-
-
 def status(db, video_id: str) -> tuple:
     return query(db, "SELECT status, failure_reason FROM videos WHERE video_id = %s", (video_id,))[0]
 
@@ -65,7 +40,7 @@ def request_upload(rmq, user: str, video_id: str, content_type="video/mp4", size
     data = {"video_id": video_id, "filename": "leg day.mp4", "content_type": content_type, "size_bytes": size}
     if caption is not None:
         data["caption"] = caption
-    sent = publish(rmq, "media.upload_requested", data, user, reply_to=reply_to, correlation_id=str(uuid.uuid4()))
+    sent = publish(rmq, "media.upload_requested", data, user, props={"reply_to": reply_to, "correlation_id": str(uuid.uuid4())})
     (answer,) = outcomes(rmq, reply_to)
     assert set(answer) <= {"status", "result", "error", "detail", "field", "retry_after_s"}  # shared/replies.py
     return {**(answer.pop("result", None) or {}), **answer, "event": sent}
@@ -74,17 +49,6 @@ def request_upload(rmq, user: str, video_id: str, content_type="video/mp4", size
 def put_directly(storage, key: str, body: bytes, content_type: str) -> None:
     """An object put with the storage credentials, bypassing every condition of the form."""
     storage.client.put_object(Bucket=storage.cfg.bucket, Key=key, Body=body, ContentType=content_type)
-
-
-def seed_post(db, owner: str, caption: str | None = None) -> str:
-    """A ready video and its feed post, as media.processed leaves them."""
-    video_id = str(uuid.uuid4())
-    post_id = str(outcome_id(video_id, "feed.post.created"))
-    query(db, "INSERT INTO videos (video_id, owner_id, status, source_key, filename, content_type, declared_size) "
-              "VALUES (%s, %s, 'ready', %s, 'a.mp4', 'video/mp4', 1)", (video_id, owner, f"uploads/{owner}/{video_id}/source"))
-    query(db, "INSERT INTO feed_posts (post_id, owner_id, video_id, caption) VALUES (%s, %s, %s, %s)",
-          (post_id, owner, video_id, caption))
-    return post_id
 
 
 def user() -> str:
@@ -205,7 +169,7 @@ def test_someone_elses_video_can_be_neither_completed_nor_requested(video_worker
     takeover = request_upload(rmq, stranger, video_id)
     # Then both are refused as forbidden, and nothing changed
     assert takeover["status"] == "error" and takeover["error"] == "forbidden"
-    dead = dead_letters(rmq, 2)
+    dead = dead_letters(rmq, "video", 2)
     assert dead[completion["client_generated_id"]]["x-dead-reason"] == "forbidden"
     assert dead[takeover["event"]["client_generated_id"]]["x-dead-reason"] == "forbidden"
     assert status(db, video_id) == ("pending_upload", None)
@@ -214,7 +178,7 @@ def test_someone_elses_video_can_be_neither_completed_nor_requested(video_worker
     assert rmq.depth(verified) == 0
     # And completing an unknown video is refused as not found
     unknown = publish(rmq, "media.uploaded", {"video_id": str(uuid.uuid4())}, owner)
-    assert dead_letters(rmq, 1)[unknown["client_generated_id"]]["x-dead-reason"] == "not_found"
+    assert dead_letters(rmq, "video", 1)[unknown["client_generated_id"]]["x-dead-reason"] == "not_found"
 
 
 # ---- processing outcomes -------------------------------------------------------------------------
@@ -269,7 +233,7 @@ def test_a_reply_must_be_on_the_same_post_as_its_parent(video_worker, rmq):
     reply = publish(rmq, "comment.created", {"comment_id": reply_id, "post_id": post,
                                              "parent_comment_id": parent, "body": "Thanks"}, owner)
     # Then the stray reply is refused and the other one is threaded under its parent
-    headers = dead_letters(rmq, 1)[stray["client_generated_id"]]
+    headers = dead_letters(rmq, "video", 1)[stray["client_generated_id"]]
     assert headers["x-dead-reason"] == "invalid" and "another post" in headers["x-dead-detail"]
     processed(db, reply)
     assert query(db, "SELECT comment_id::text, parent_comment_id::text FROM comments ORDER BY created_at") == [
@@ -284,7 +248,7 @@ def test_a_reply_must_be_on_the_same_post_as_its_parent(video_worker, rmq):
     # And a comment on a post that does not exist is refused as not found
     orphan = publish(rmq, "comment.created", {"comment_id": str(uuid.uuid4()), "post_id": str(uuid.uuid4()),
                                               "body": "hello"}, author)
-    assert dead_letters(rmq, 1)[orphan["client_generated_id"]]["x-dead-reason"] == "not_found"
+    assert dead_letters(rmq, "video", 1)[orphan["client_generated_id"]]["x-dead-reason"] == "not_found"
 
 
 def test_only_the_author_deletes_a_comment_and_it_counts_off_once(video_worker, rmq):
@@ -296,7 +260,7 @@ def test_only_the_author_deletes_a_comment_and_it_counts_off_once(video_worker, 
     # When the post's owner tries to delete the comment
     attempt = publish(rmq, "comment.deleted", {"comment_id": comment_id}, owner)
     # Then it is refused and the comment stays
-    assert dead_letters(rmq, 1)[attempt["client_generated_id"]]["x-dead-reason"] == "forbidden"
+    assert dead_letters(rmq, "video", 1)[attempt["client_generated_id"]]["x-dead-reason"] == "forbidden"
     assert query(db, "SELECT body, deleted_at IS NULL FROM comments") == [("Mine", True)]
     # When the author deletes it, twice (two taps)
     deletions = [publish(rmq, "comment.deleted", {"comment_id": comment_id}, author) for _ in range(2)]
@@ -329,7 +293,7 @@ def test_a_like_counts_once_per_user_and_an_unlike_takes_it_back(video_worker, r
     assert query(db, "SELECT user_id::text FROM likes WHERE target_type = 'post'") == [(other,)]
     # And liking something that does not exist is refused
     ghost = publish(rmq, "interaction.liked", {"target_type": "comment", "target_id": str(uuid.uuid4())}, fan)
-    assert dead_letters(rmq, 1)[ghost["client_generated_id"]]["x-dead-reason"] == "not_found"
+    assert dead_letters(rmq, "video", 1)[ghost["client_generated_id"]]["x-dead-reason"] == "not_found"
 
 
 def test_like_counts_match_the_likes_under_two_replicas(video_worker, start_worker, s3_env, rmq):

@@ -13,10 +13,11 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from ingress import documents
-from ingress.app import REQUEST_LOG, App
+from ingress.app import App
 from ingress.cors import Cors
 from shared.config import Config
 from tests.support import auth
+from tests.support.wsgi import call_app
 
 _PARAM = re.compile(r"\{(\w+)\}")
 _SAMPLE_ID = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"  # fits every path parameter (UUID, machine code, event type)
@@ -30,21 +31,9 @@ def app() -> App:
 
 @pytest.fixture(scope="module")
 def doc(app) -> dict:
-    status, _, body = _call(app, "GET", documents.OPENAPI_PATH)
+    status, _, body = call_app(app, "GET", documents.OPENAPI_PATH)
     assert status == 200
     return orjson.loads(body)
-
-
-def _call(app: App, method: str, path: str, **environ):
-    answer = {}
-
-    def start_response(status, headers):
-        answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
-
-    body = b"".join(app({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", **environ},
-                         start_response))
-    REQUEST_LOG.flush()  # now, into this test's captured output, not at the interpreter's exit
-    return answer["status"], answer["headers"], body
 
 
 def _sample(template: str) -> str:
@@ -96,7 +85,7 @@ def test_each_route_answers_405_with_its_documented_methods_to_any_other(app, do
     for method in _HTTP_METHODS:
         if method in documented:
             continue
-        status, headers, body = _call(app, method, _sample(template))
+        status, headers, body = call_app(app, method, _sample(template))
         assert status == 405, (method, template, body)
         assert set(headers["Allow"].split(", ")) == documented
         assert orjson.loads(body)["error"] == "method_not_allowed"
@@ -104,7 +93,7 @@ def test_each_route_answers_405_with_its_documented_methods_to_any_other(app, do
 
 def test_an_undocumented_path_is_404(app):
     for path in ("/api/v1/nope", "/api/v1", "/", f"/api/v1/videos/{_SAMPLE_ID}/complete/x", "/healthz/x"):
-        status, _, body = _call(app, "GET", path)
+        status, _, body = call_app(app, "GET", path)
         assert status == 404, (path, body)
 
 
@@ -179,7 +168,7 @@ def test_every_route_answers_a_browsers_preflight(app, doc, template):
     origin = "https://app.example.com"
     app = _cors_wired(app, origin)
     documented = {m for m, p in _documented(doc) if p == template}
-    status, headers, body = _call(app, "OPTIONS", _sample(template), HTTP_ORIGIN=origin,
+    status, headers, body = call_app(app, "OPTIONS", _sample(template), HTTP_ORIGIN=origin,
                                   HTTP_ACCESS_CONTROL_REQUEST_METHOD=sorted(documented)[0])
     assert (status, body) == (204, b"")
     assert "Content-Length" not in headers and "Content-Type" not in headers
@@ -187,7 +176,7 @@ def test_every_route_answers_a_browsers_preflight(app, doc, template):
     assert set(headers["Access-Control-Allow-Methods"].split(", ")) == documented
     assert headers["Access-Control-Allow-Headers"].split(", ") == list(documents.request_headers(template))
     assert "Access-Control-Allow-Credentials" not in headers
-    status, headers, body = _call(app, "OPTIONS", _sample(template), HTTP_ORIGIN="https://evil.example.com",
+    status, headers, body = call_app(app, "OPTIONS", _sample(template), HTTP_ORIGIN="https://evil.example.com",
                                   HTTP_ACCESS_CONTROL_REQUEST_METHOD=sorted(documented)[0])
     assert status == 403 and orjson.loads(body)["error"] == "origin_not_allowed"
     assert "Access-Control-Allow-Origin" not in headers
@@ -198,8 +187,8 @@ def test_responses_errors_included_carry_cors_headers_for_an_allowed_origin_only
     app = _cors_wired(app, origin)
     for method, path in (("GET", "/healthz"), ("GET", documents.OPENAPI_PATH), ("DELETE", "/healthz"),
                          ("POST", documents.EVENTS_PATH)):  # 200, 200, 405, 401
-        status, headers, _ = _call(app, method, path, HTTP_ORIGIN=origin)
+        status, headers, _ = call_app(app, method, path, HTTP_ORIGIN=origin)
         assert headers.get("Access-Control-Allow-Origin") == origin, (method, path, status)
         assert "Retry-After" in headers["Access-Control-Expose-Headers"]
-        status, headers, _ = _call(app, method, path, HTTP_ORIGIN="https://evil.example.com")
+        status, headers, _ = call_app(app, method, path, HTTP_ORIGIN="https://evil.example.com")
         assert "Access-Control-Allow-Origin" not in headers, (method, path, status)
