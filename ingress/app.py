@@ -19,7 +19,8 @@ from urllib.parse import parse_qs
 import orjson
 import pika
 
-from ingress import batch, cors, documents, frames, metrics, outcomes, reads
+from ingress import batch, cors, documents, metrics, outcomes, reads
+from shared import frames
 from ingress.ratelimit import UserRateLimiter
 from ingress.auth import Unauthorized, Verifier
 from ingress.batch import Rejected

@@ -49,7 +49,7 @@ CONFIRMED = "confirmed"
 UNROUTABLE = "unroutable"
 
 # (exchange, routing_key, body, properties), published with mandatory=True; properties are
-# pika's, or already encoded (ingress/frames.py event_properties)
+# pika's, or already encoded (shared/frames.py event_properties)
 Message = tuple[str, str, bytes, pika.BasicProperties | bytes]
 
 

@@ -30,7 +30,7 @@ def event_properties(event: Envelope, headers: dict | None = None,
                      persistent: bool = True) -> pika.BasicProperties:
     """message_id, type, content type, persistence, timestamp, and envelope headers.
 
-    The ingress encodes the same properties itself (ingress/frames.py event_properties).
+    The ingress encodes the same properties itself (shared/frames.py event_properties).
     """
     return pika.BasicProperties(
         message_id=event.id,

@@ -79,7 +79,7 @@ class Config:
     outbox_relay_interval_s: float = 5.0
     outbox_relay_min_age_s: float = 5.0  # younger rows are still being published by their writer
     drain_timeout_s: float = 25.0        # keep below the pod's termination grace period
-    health_port: int = 8081              # /livez, /readyz, /metrics (shared/health.py); 0: any free port
+    health_port: int = 8081              # /livez, /readyz, /metrics (workers/runtime/health.py); 0: any free port
     liveness_stale_s: float = 60.0       # /livez fails when the consume loop has not turned for this long
     # ingress
     max_body_bytes: int = 256 * 1024

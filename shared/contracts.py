@@ -28,7 +28,7 @@ def data_schemas() -> dict[str, dict]:
 
 @lru_cache(maxsize=1)
 def query_schemas() -> dict[str, dict]:
-    """query name → the schema of its whole body (`user_id` and `params`); see shared/queries.py."""
+    """query name → the schema of its whole body (`user_id` and `params`); see workers/runtime/queries.py."""
     return {path.name[: -len(".json")]: json.loads(path.read_text())
             for path in sorted((SCHEMA_DIR / "queries").glob("*.json"))}
 

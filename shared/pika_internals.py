@@ -1,6 +1,6 @@
 """Every use of pika's private attributes, in one place, checked before use.
 
-The ingress writes its publish frames itself (ingress/frames.py) straight into the connection's
+The ingress writes its publish frames itself (shared/frames.py) straight into the connection's
 output, sends early under load and joins pika's write buffers into one send(); BatchPublisher
 queues frames on a BlockingChannel's underlying channel so one tx.commit flushes them all. All of
 that leans on pika internals that any release may rename (setup.cfg pins pika <1.5, constraints.txt
@@ -15,7 +15,7 @@ from pika import frame, spec
 from pika.adapters.utils import io_services_utils
 from pika.connection import Connection
 
-from ingress import frames
+from shared import frames
 from shared import broker
 from shared.envelope import new_event
 from shared.logging import log
@@ -46,7 +46,7 @@ def self_check(required=REQUIRED) -> bool:
     except Exception as exc:  # a changed pika signature is a failed check, not a crash at start
         return _fall_back(f"frame self-check failed: {exc!r}")
     if not same:
-        return _fall_back("ingress/frames.py no longer writes pika's bytes")
+        return _fall_back("shared/frames.py no longer writes pika's bytes")
     FAST_PATH_ACTIVE = True
     log.info("pika fast path active", pika=pika.__version__)
     return True

@@ -3,7 +3,7 @@
 Every process checks, before it does anything else, the secrets it uses: the ingress its bearer
 token key, EVENT_ID_KEY and the JWT issuer/audience; each worker its own keys (`PROCESSES`). A
 problem is logged as `refusing to start` naming the variable and the fix, never its value, and
-the process exits 2 (like the other start-up refusals, shared/preflight.py).
+the process exits 2 (like the other start-up refusals, workers/ops/preflight.py).
 
 A variable that is not set is only a problem when the process requires it; one that is set must
 not be a known placeholder (what k8s/secret.template.yaml and .env.example hold, and the usual

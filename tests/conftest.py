@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from shared import migrate
+from workers.ops import migrate
 from shared.tokens import mint
 from tests.support import auth, feed_stack as feed_stack_support, rabbit
 from tests.support.db import PG, drop_database
@@ -93,7 +93,7 @@ def base_env(vhost, jwt_secret, feed_keys):
 @pytest.fixture(scope="session")
 def local_s3():
     """One ministack server for the session, spoken to over HTTP exactly as to Spaces."""
-    from workers.localstorage import LocalS3
+    from workers.ops.localstorage import LocalS3
     server = LocalS3().start()
     yield server
     server.stop()
@@ -102,7 +102,7 @@ def local_s3():
 @pytest.fixture
 def s3_env(local_s3):
     """Environment for a process using a fresh private bucket of its own."""
-    from shared.storage import Storage, StorageConfig
+    from workers.runtime.storage import Storage, StorageConfig
     env = local_s3.env(f"media-{uuid.uuid4().hex[:12]}")
     storage = Storage(StorageConfig(env["S3_ENDPOINT_URL"], env["S3_BUCKET"], env["S3_ACCESS_KEY"],
                                     env["S3_SECRET_KEY"]))
@@ -112,7 +112,7 @@ def s3_env(local_s3):
 
 @pytest.fixture
 def storage(s3_env):
-    from shared.storage import Storage, StorageConfig
+    from workers.runtime.storage import Storage, StorageConfig
     return Storage(StorageConfig(s3_env["S3_ENDPOINT_URL"], s3_env["S3_BUCKET"], s3_env["S3_ACCESS_KEY"],
                                  s3_env["S3_SECRET_KEY"]))
 

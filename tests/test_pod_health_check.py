@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from shared import migrate
+from workers.ops import migrate
 from tests.support.events import dumps, event
 from tests.support.processes import REPO, run_cli
 from tests.support.rabbit import url_via, wait_for

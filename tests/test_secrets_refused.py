@@ -190,7 +190,7 @@ def test_workers_token_will_not_mint_what_the_ingress_refuses(tmp_path):
 
 # ---- workers dev -------------------------------------------------------------------------------
 def test_dev_writes_an_event_id_key_issuer_and_audience_into_dot_env(tmp_path, monkeypatch):
-    from workers.devstack import _ensure_dev_env
+    from workers.ops.devstack import _ensure_dev_env
 
     for name in ("JWT_ALGORITHM", "JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_ISSUER", "JWT_AUDIENCE",
                  "JWT_ALLOW_MISSING_ISS_AUD", "EVENT_ID_KEY", "FEED_TOKEN_PRIVATE_KEY", "FEED_TOKEN_PUBLIC_KEY"):

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import importlib
 
-from shared.handler import WorkerSpec
+from workers.runtime.handler import WorkerSpec
 
 WORKERS = {
-    "ai": "workers.ai",
-    "dm": "workers.dm",
-    "machine": "workers.machine",
-    "notify": "workers.notify",
-    "program": "workers.program",
-    "settings": "workers.settings",
-    "transcode": "workers.transcode",
-    "video": "workers.video",
+    "ai": "workers.ai.worker",
+    "dm": "workers.dm.worker",
+    "machine": "workers.machine.worker",
+    "notify": "workers.notify.worker",
+    "program": "workers.program.worker",
+    "settings": "workers.settings.worker",
+    "transcode": "workers.transcode.worker",
+    "video": "workers.video.worker",
 }
 
 

@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 from shared.logging import setup_logging
-from shared.storage import Storage, StorageConfig
+from workers.runtime.storage import Storage, StorageConfig
 from tests.support import clips
-from workers.localstorage import LocalS3
-from workers.transcoding import commands, job, probe
-from workers.transcoding.limits import Limits
+from workers.ops.localstorage import LocalS3
+from workers.transcode import commands, job, probe
+from workers.transcode.limits import Limits
 
 TARGET = 1.15
 

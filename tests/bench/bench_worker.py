@@ -19,7 +19,7 @@ import orjson
 import pika
 import psycopg2
 
-from shared import migrate
+from workers.ops import migrate
 from tests.support import rabbit
 
 PG = "postgresql://postgres@127.0.0.1:5432/"

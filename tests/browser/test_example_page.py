@@ -1,4 +1,4 @@
-"""The example page `workers dev` serves (workers/devpage.py): the browser client at work against
+"""The example page `workers dev` serves (workers/ops/devpage.py): the browser client at work against
 the real ingress, settings, dm and notify workers, as a frontend developer would see it."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
 from tests.support.http import ready
 from tests.support.net import free_port
-from workers.devpage import DevPage
+from workers.ops.devpage import DevPage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,11 +12,11 @@ import gevent
 import pika
 import pytest
 
-from ingress import frames
+from shared import frames
 from ingress.publisher import CONFIRMED, FLUSH_AT_BYTES, UNROUTABLE, Publisher
 from shared import pika_internals
 from shared.envelope import new_event
-from shared.publisher import BatchPublisher, Message, Unroutable
+from workers.runtime.publisher import BatchPublisher, Message, Unroutable
 
 EXCHANGE = "app.events"
 

@@ -25,7 +25,7 @@ import yaml
 
 from shared.config import Config
 from workers import WORKERS, load
-from workers.transcoding.limits import Limits
+from workers.transcode.limits import Limits
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -39,7 +39,7 @@ KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "app"
 SECRET_NAME = "spotter-secrets"
 DEFAULT_HEALTH_PORT = 8081
-DEFAULT_MAX_UPLOAD_BYTES = 500 * 1024 * 1024  # shared/storage.py
+DEFAULT_MAX_UPLOAD_BYTES = 500 * 1024 * 1024  # workers/runtime/storage.py
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_v1alpha1_triggerauthentication.json",
@@ -243,7 +243,7 @@ def test_worker_probes_hit_the_health_server(objects):
 
 
 def test_worker_grace_period_outlasts_the_drain(objects):
-    """SIGTERM drain may take 2 × DRAIN_TIMEOUT_S (shared/consumer.py): the pod must not be killed first."""
+    """SIGTERM drain may take 2 × DRAIN_TIMEOUT_S (workers/runtime/consumer.py): the pod must not be killed first."""
     for name, d in worker_deployments(objects).items():
         pod = d["spec"]["template"]["spec"]
         (c,) = pod["containers"]
@@ -498,7 +498,7 @@ def test_dockerfile_ships_ffmpeg_and_finds_the_migrations():
     assert "ffmpeg" in runs and "pip install ." in runs
     env = " ".join(rest for word, rest in steps if word == "ENV")
     m = re.search(r"MIGRATIONS_DIR=(\S+)", env)
-    assert m, "the installed package cannot find migrations/ without MIGRATIONS_DIR (shared/migrate.py)"
+    assert m, "the installed package cannot find migrations/ without MIGRATIONS_DIR (workers/ops/migrate.py)"
     copies = [shlex.split(rest) for word, rest in steps if word == "COPY"]
     assert ["migrations", m.group(1)] in copies
 

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from shared.config import Config
-from shared.consumer import Consumer
+from workers.runtime.consumer import Consumer
 from shared.errors import Forbidden, TransientError
-from shared.handler import WorkerSpec
+from workers.runtime.handler import WorkerSpec
 from tests.support.db import query
 from tests.support.events import dumps, event
 from tests.support.rabbit import wait_for

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from shared.config import Config
-from shared.consumer import Consumer
-from shared.handler import WorkerSpec
+from workers.runtime.consumer import Consumer
+from workers.runtime.handler import WorkerSpec
 from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
 from tests.support.metrics import delta, get_json, scrape

@@ -1,4 +1,4 @@
-"""Receipts (shared/receipts.py) on the real broker and databases: every worker answers
+"""Receipts (workers/runtime/receipts.py) on the real broker and databases: every worker answers
 `<worker>.receipts` applied for what it committed (a duplicate too), rejected with reason, field
 and detail for what the runtime dead-lettered (and tells the sender with `event.rejected`), and
 nothing for another user's ids or for a message nobody can be named as the sender of."""
@@ -13,11 +13,12 @@ import orjson
 import pika
 import pytest
 
-from shared import contracts, receipts
+from shared import contracts
+from workers.runtime import receipts
 from shared.config import Config
-from shared.consumer import Consumer
+from workers.runtime.consumer import Consumer
 from shared.errors import Forbidden, NotYet, TransientError
-from shared.handler import WorkerSpec
+from workers.runtime.handler import WorkerSpec
 from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
 from tests.support.processes import run_cli

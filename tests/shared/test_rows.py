@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg2
 
-from shared import db
+from workers.runtime import db
 
 SQL = "INSERT INTO t (id, amount, note, at, n) SELECT * FROM (VALUES %s) AS v RETURNING id::text"
 TEMPLATE = "(%s::uuid, %s::numeric, %s, %s::timestamptz, %s::integer)"

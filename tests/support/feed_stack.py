@@ -79,7 +79,7 @@ def running(jwt_secret: str, feed_keys, local_s3):
            **local_s3.env(f"feed-{uuid.uuid4().hex[:12]}")}
     run_cli("migrate", "settings", "video", "--create", env=env)
     run_cli("topology", env=env)
-    from shared.storage import Storage, StorageConfig
+    from workers.runtime.storage import Storage, StorageConfig
     storage = Storage(StorageConfig(env["S3_ENDPOINT_URL"], env["S3_BUCKET"], env["S3_ACCESS_KEY"],
                                     env["S3_SECRET_KEY"]))
     storage.ensure_bucket()

@@ -5,10 +5,10 @@ import uuid
 from pathlib import Path
 
 from shared.envelope import outcome_id
-from shared.storage import Storage
+from workers.runtime.storage import Storage
 from tests.support.db import query
 from tests.support.events import dumps, event
-from workers.transcoding import job
+from workers.transcode import job
 
 
 def seed_post(db, owner: str, caption: str | None = None) -> str:

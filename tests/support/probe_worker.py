@@ -7,8 +7,8 @@ workers emit. The database needs a `probe` table (see tests/shared/test_outbox.p
 """
 from shared import contracts
 from shared.config import Config
-from shared.consumer import Consumer
-from shared.handler import WorkerSpec
+from workers.runtime.consumer import Consumer
+from workers.runtime.handler import WorkerSpec
 from shared.logging import setup_logging
 
 contracts.data_schemas()["probe.recorded"] = {"type": "object", "x-producer": "probe",

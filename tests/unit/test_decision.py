@@ -1,5 +1,5 @@
-"""What becomes of a message once tried (shared/decision.py): pure, no services."""
-from shared.decision import ACK, DEAD, RETRY, decide
+"""What becomes of a message once tried (workers/runtime/decision.py): pure, no services."""
+from workers.runtime.decision import ACK, DEAD, RETRY, decide
 from shared.errors import Forbidden, InvalidEvent, NotYet, TransientError
 
 DELAYS = (5, 30, 120)

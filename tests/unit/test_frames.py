@@ -1,4 +1,4 @@
-"""ingress/frames.py writes exactly the bytes pika's own basic_publish would put on the wire."""
+"""shared/frames.py writes exactly the bytes pika's own basic_publish would put on the wire."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pika
 import pytest
 from pika import frame, spec
 
-from ingress import frames
+from shared import frames
 from shared import broker
 from shared.envelope import new_event
 

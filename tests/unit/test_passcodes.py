@@ -1,9 +1,9 @@
-"""Feed passcodes are kept only as salted scrypt hashes (workers/passcodes.py)."""
+"""Feed passcodes are kept only as salted scrypt hashes (workers/settings/passcodes.py)."""
 from __future__ import annotations
 
 import pytest
 
-from workers import passcodes
+from workers.settings import passcodes
 
 
 @pytest.fixture(scope="module")

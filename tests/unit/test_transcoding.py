@@ -1,12 +1,12 @@
-"""The pure part of a transcode job (workers/transcoding/): which uploads are refused and why, the
+"""The pure part of a transcode job (workers/transcode/): which uploads are refused and why, the
 rendition's size and frame rate, the ffmpeg command's safety options, and the job's limits."""
 from __future__ import annotations
 
 import pytest
 
-from workers.transcoding import commands, probe
-from workers.transcoding.errors import Rejected
-from workers.transcoding.limits import Limits
+from workers.transcode import commands, probe
+from workers.transcode.errors import Rejected
+from workers.transcode.limits import Limits
 
 LIMITS = Limits(max_duration_s=600, max_dimension=4096, max_streams=8, timeout_s=600, threads=2)
 

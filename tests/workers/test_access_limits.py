@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from workers.access_limits import HashBudget, Limits
+from workers.settings.access_limits import HashBudget, Limits
 
 
 def test_the_budget_lets_a_burst_through_then_one_hash_per_interval():

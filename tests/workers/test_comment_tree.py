@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import psycopg2
 import pytest
 
-from shared.handler import Request
+from workers.runtime.handler import Request
 from tests.support.bus import publish
 from tests.support.db import processed, query
 from tests.support.media import seed_post
@@ -21,7 +21,7 @@ from tests.support.events import event, new_id as user
 from tests.support.http import call
 from tests.support.processes import answering_queries
 from tests.support.rabbit import wait_for
-from workers import feed_reads
+from workers.video import feed_reads
 
 EVENTS = "/api/v1/notify/events"
 HIGHEST, LOWEST = "ffffffff-ffff-4fff-bfff-ffffffffffff", "00000000-0000-4000-8000-000000000000"

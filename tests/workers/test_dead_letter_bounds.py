@@ -9,7 +9,7 @@ import subprocess
 
 import pika
 
-from shared import management
+from workers.ops import management
 from tests.support.events import dumps, event
 from tests.support.processes import run_cli
 from tests.support.rabbit import wait_for

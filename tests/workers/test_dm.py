@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from shared import migrate
+from workers.ops import migrate
 from shared.tokens import mint
 from tests.support.db import PG, drop_database, query
 from tests.support import rabbit

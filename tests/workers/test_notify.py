@@ -13,7 +13,8 @@ import orjson
 import psycopg2
 import pytest
 
-from shared import contracts, migrate
+from shared import contracts
+from workers.ops import migrate
 from shared.envelope import rfc3339
 from tests.support.db import PG, drop_database, query
 from tests.support import rabbit
@@ -121,7 +122,7 @@ def dm_message(sender: str, recipients: list[str], body: str = "Rack at 6?") -> 
 # ---- the contract --------------------------------------------------------------------------------
 
 def test_notify_takes_every_outcome_meant_for_the_app_and_nothing_else():
-    from workers.notify import RECIPIENTS
+    from workers.notify.worker import RECIPIENTS
     assert set(RECIPIENTS) == contracts.inbox_event_types()
     for name, schema in contracts.data_schemas().items():
         named = schema.get("x-consumer")
@@ -271,7 +272,7 @@ def test_a_user_keeps_at_most_the_newest_items(stack, bus):
 
 
 def test_prune_removes_items_older_than_the_retention(stack, bus):
-    from workers.notify import prune_inbox
+    from workers.notify.worker import prune_inbox
     someone = user()
     now = datetime.now(timezone.utc)
 
@@ -312,10 +313,10 @@ def test_the_worker_prunes_expired_items_on_its_own(stack, bus):
 
 def test_one_wake_up_per_transaction_names_every_recipient_of_the_batch(make_database):
     """The fast path commits a batch in one transaction: one inbox.updated for all of it."""
-    from shared import db
+    from workers.runtime import db
     from shared.envelope import Envelope, new_event
-    from shared.handler import Context
-    from workers.notify import deliver
+    from workers.runtime.handler import Context
+    from workers.notify.worker import deliver
 
     conn = db.connect(make_database("notify"))
     try:

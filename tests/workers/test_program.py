@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared import migrate
+from workers.ops import migrate
 from tests.support.db import processed, query
 from tests.support.events import dumps, event
 from tests.support.http import call

@@ -15,17 +15,17 @@ import pytest
 
 from shared import envelope
 from shared.errors import Forbidden
-from shared.storage import Storage
+from workers.runtime.storage import Storage
 from tests.support.db import query
 from tests.support.media import publish_verified, upload
 from tests.support import clips
 from tests.support.events import event
 from tests.support.rabbit import wait_for
 from tests.support.tcpproxy import TcpProxy
-from workers import transcode
-from workers.transcoding import capabilities, commands, job, probe, sandbox
-from workers.transcoding.errors import Rejected
-from workers.transcoding.limits import Limits
+from workers.transcode import worker as transcode
+from workers.transcode import capabilities, commands, job, probe, sandbox
+from workers.transcode.errors import Rejected
+from workers.transcode.limits import Limits
 
 JOB_TIMEOUT = 60  # a loaded 2-core machine is slow, not broken
 

@@ -17,16 +17,16 @@ import pytest
 from tests.support.processes import REPO
 from tests.support.rabbit import wait_for
 from tests.support.media import publish_verified, upload
-from workers.transcoding import job, sandbox
-from workers.transcoding.errors import Rejected
+from workers.transcode import job, sandbox
+from workers.transcode.errors import Rejected
 
 # /proc/$PPID is the worker: sandbox.run forks the command directly
 READ_PARENT = ("cat /proc/$PPID/environ; head -c 64 /proc/$PPID/mem; ls /proc/$PPID/fd")
 
 HARDENED_RUN = """
 import json, sys
-from workers import transcode
-from workers.transcoding import sandbox
+from workers.transcode import worker as transcode
+from workers.transcode import sandbox
 
 transcode.WORKER.startup()  # what `workers run transcode` does before consuming
 with sandbox.scratch_dir(sys.argv[2]) as tmp:

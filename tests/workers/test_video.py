@@ -243,7 +243,7 @@ def test_a_reply_must_be_on_the_same_post_as_its_parent(video_worker, rmq):
     events = {e["data"]["comment_id"]: e for e in outcomes(rmq, persisted, 2)}
     assert events[reply_id]["data"]["parent_comment_id"] == parent
     assert events[parent]["data"]["author_id"] == author and events[parent]["data"]["body"] == "Nice form!"
-    # the post's owner is named, for their inbox (workers/notify.py)
+    # the post's owner is named, for their inbox (workers/notify/worker.py)
     assert {e["data"]["post_owner_id"] for e in events.values()} == {owner}
     # And a comment on a post that does not exist is refused as not found
     orphan = publish(rmq, "comment.created", {"comment_id": str(uuid.uuid4()), "post_id": str(uuid.uuid4()),

@@ -1,0 +1,1 @@
+"""The dm domain: conversations and direct messages (worker.py: handlers and reads; sql.py: statements)."""

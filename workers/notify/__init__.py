@@ -1,0 +1,1 @@
+"""The notify domain: each user's inbox of outcome events (worker.py: handlers and the inbox reads)."""

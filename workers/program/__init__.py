@@ -1,0 +1,1 @@
+"""The program domain: programs, workouts and workout sessions (worker.py: handlers; reads.py; sql.py)."""
