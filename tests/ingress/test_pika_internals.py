@@ -17,7 +17,9 @@ import pytest
 
 from ingress import app as ingress_app
 from shared import pika_internals
-from tests.ingress.test_ingress import Ingress, _answers, _free_port, event
+from tests.support.events import event
+from tests.support.ingress_server import Ingress, answers
+from tests.support.net import free_port
 from tests.support import auth, rabbit
 from tests.support.processes import Process
 from tests.support.rabbit import wait_for
@@ -89,13 +91,13 @@ def empty_queue(watcher):
 
 
 def _gunicorn(entry: str, broker_url: str, jwt_secret: str):
-    port = _free_port()
+    port = free_port()
     proc = Process([sys.executable, "-m", "gunicorn", "-c", "ingress/gunicorn_conf.py", entry],
                    env={"RABBITMQ_URL": broker_url, **auth.ingress_env(jwt_secret), "PORT": str(port),
                         "WEB_CONCURRENCY": "1", "PUBLISH_TIMEOUT_S": "3", "PYTHONUNBUFFERED": "1"})
     app = Ingress(proc, port, jwt_secret)
     try:
-        wait_for(lambda: _answers(app) and app.readiness(2) == {200}, timeout=30, message="ingress ready")
+        wait_for(lambda: answers(app) and app.readiness(2) == {200}, timeout=30, message="ingress ready")
     except AssertionError:
         proc.terminate()
         raise AssertionError(f"ingress did not become ready:\n{proc.text()[-3000:]}")
