@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import threading
 import time
@@ -22,7 +21,7 @@ import pika
 from ingress import batch, cors, documents, metrics, outcomes, reads
 from shared import frames
 from ingress.ratelimit import UserRateLimiter
-from ingress.auth import Unauthorized, Verifier
+from ingress.auth import BearerRefused, BearerVerifier
 from ingress.batch import Rejected
 from ingress.publisher import REPLY_TO, UNROUTABLE, BrokerUnavailable, Nacked, PublishError, Publisher, PublishTimeout
 from shared import broker, contracts, errors, process, replies
@@ -35,10 +34,8 @@ from shared.topology import QUERY_EXCHANGE
 RETRY_AFTER_S = 2
 # Events whose worker answers at once (DESIGN §1): the client gets the answer in its response.
 REPLY_EVENT_TYPES = contracts.reply_event_types()
-REPLY_TIMEOUT_S = float(os.environ.get("REPLY_TIMEOUT_S", "5"))
 # Events that travel only on the query path (they carry a passcode): answered, or 504.
 QUERY_EVENT_TYPES = contracts.request_reply_event_types()
-QUERY_TIMEOUT_S = float(os.environ.get("QUERY_TIMEOUT_S", "5"))
 _VIDEO_COMPLETE = re.compile(r"^/api/v1/videos/([0-9a-fA-F-]{36})/complete$")
 _EVENT_RECEIPT = re.compile(r"^/api/v1/events/([0-9a-fA-F-]{36})$")
 SCHEMA_PREFIX = f"{documents.PREFIX}/schemas/"
@@ -59,10 +56,10 @@ class App:
 
     def __init__(self, config: Config):
         self.config = config
-        self.verifier = Verifier(config.jwt)  # fails at start, not per request, when no key is set
-        self.limiter = UserRateLimiter.from_env()
+        self.verifier = BearerVerifier(config.jwt)  # fails at start, not per request, when no key is set
+        self.limiter = UserRateLimiter(config.rate_limit_burst, config.rate_limit_events_per_s)
         self.inbox_waiters = outcomes.InboxWaiters()
-        self.cors = cors.Cors.from_env()  # ValueError at start for a malformed CORS_ALLOWED_ORIGINS
+        self.cors = cors.Cors(config.cors_allowed_origins)  # ValueError at start for a malformed entry
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
         self._schemas = {t: orjson.dumps(contracts.event_schema(t)) for t in contracts.data_schemas()}
@@ -209,7 +206,7 @@ class App:
     def _subject(self, environ, seen) -> str:
         try:
             subject = self.verifier.subject(environ.get("HTTP_AUTHORIZATION"))
-        except Unauthorized as exc:
+        except BearerRefused as exc:
             raise Rejected(401, "unauthorized", str(exc),
                            headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),)) from None
         seen["user_id"] = subject
@@ -309,7 +306,7 @@ class App:
         reply = publisher.expect_reply(correlation_id)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=1, type=name,
                                      correlation_id=correlation_id, reply_to=REPLY_TO, headers=headers,
-                                     expiration=str(int(QUERY_TIMEOUT_S * 1000)))
+                                     expiration=str(int(self.config.query_timeout_s * 1000)))
         try:
             try:
                 result, = publisher.confirm([(QUERY_EXCHANGE, name, body, props)], self.config.publish_timeout_s)
@@ -324,9 +321,9 @@ class App:
                 raise Rejected(503, "no_worker", f"no worker answers {name} right now",
                                headers=(("Retry-After", str(RETRY_AFTER_S)),))
             try:
-                answer = replies.decode(reply.result(QUERY_TIMEOUT_S))
+                answer = replies.decode(reply.result(self.config.query_timeout_s))
             except (TimeoutError, PublishError, ValueError):
-                raise Rejected(504, "timeout", f"no answer within {QUERY_TIMEOUT_S:g}s; try again") from None
+                raise Rejected(504, "timeout", f"no answer within {self.config.query_timeout_s:g}s; try again") from None
         finally:
             publisher.forget_reply(correlation_id)
         if answer.status == replies.ERROR:
@@ -343,7 +340,7 @@ class App:
         try:
             self._publish([event], headers, props)
             try:
-                answer = replies.decode(reply.result(REPLY_TIMEOUT_S))
+                answer = replies.decode(reply.result(self.config.reply_timeout_s))
             except (TimeoutError, PublishError, ValueError):
                 return 202, {"accepted": [event.id], "pending": True}, ()
         finally:

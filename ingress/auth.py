@@ -13,7 +13,7 @@ from shared.config import JwtConfig
 CACHE_SIZE = 4096
 
 
-class Unauthorized(Exception):
+class BearerRefused(Exception):
     """No usable bearer token: answered 401, and the token itself is never logged."""
 
 
@@ -25,7 +25,7 @@ def canonical_user(value: str) -> str:
         return value
 
 
-class Verifier:
+class BearerVerifier:
     """Checks signature (one pinned algorithm), exp, iss and aud when configured, sub, and a
     lifetime of at most max_ttl_s (exp - iat; exp - now without iat)."""
 
@@ -49,11 +49,11 @@ class Verifier:
     def subject(self, authorization: str | None) -> str:
         """The token's subject, from an `Authorization: Bearer <jwt>` header value."""
         if not authorization:
-            raise Unauthorized("missing bearer token")
+            raise BearerRefused("missing bearer token")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("expected 'Authorization: Bearer <token>'")
+            raise BearerRefused("expected 'Authorization: Bearer <token>'")
         hit = self._verified.get(token)
         if hit is not None and time.time() < hit[1]:
             return hit[0]
@@ -62,14 +62,14 @@ class Verifier:
                                 options=self._options, issuer=self.config.issuer,
                                 audience=self.config.audience, leeway=self.config.leeway_s)
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
+            raise BearerRefused("token expired") from None
         except jwt.InvalidTokenError as exc:
             # pyjwt's messages name the failed check, never the token's content
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise BearerRefused(f"invalid token: {exc}") from None
         self._check_lifetime(claims)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise Unauthorized("token has no subject")
+            raise BearerRefused("token has no subject")
         subject = canonical_user(sub)
         if len(self._verified) >= CACHE_SIZE:
             self._verified.clear()
@@ -84,4 +84,4 @@ class Verifier:
         iat = claims.get("iat")
         start = now if iat is None else min(int(iat), now)
         if int(claims["exp"]) - start > self.config.max_ttl_s + self.config.leeway_s:
-            raise Unauthorized("invalid token: lifetime exceeds JWT_MAX_TTL_S")
+            raise BearerRefused("invalid token: lifetime exceeds JWT_MAX_TTL_S")

@@ -17,7 +17,6 @@ forgot an origin sees refused preflights instead of 204s that look like success.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 
@@ -52,11 +51,6 @@ class Cors:
         self.exact = frozenset(exact)
         self.any_port = frozenset(any_port)  # (scheme, loopback host)
         self._expose = ("Access-Control-Expose-Headers", ", ".join(EXPOSE_HEADERS))
-
-    @classmethod
-    def from_env(cls, environ=os.environ) -> "Cors":
-        """From CORS_ALLOWED_ORIGINS; ValueError (at start, not per request) for an entry that is not an origin."""
-        return cls(environ.get(ENV, "").split(","))
 
     @property
     def enabled(self) -> bool:

@@ -12,7 +12,6 @@ gevent runs one greenlet at a time and nothing here yields, so the dict needs no
 from __future__ import annotations
 
 import math
-import os
 import time
 
 MAX_TRACKED = 100_000  # subjects remembered per process; idle full buckets are forgotten first
@@ -22,11 +21,6 @@ class UserRateLimiter:
     def __init__(self, burst: float, per_second: float):
         self.burst, self.rate = float(burst), float(per_second)
         self._buckets: dict[str, list[float]] = {}  # subject → [tokens, at]
-
-    @classmethod
-    def from_env(cls) -> "UserRateLimiter":
-        return cls(float(os.environ.get("RATE_LIMIT_BURST") or 3000),
-                   float(os.environ.get("RATE_LIMIT_EVENTS_PER_S") or 25))
 
     def take(self, subject: str, cost: int = 1) -> int:
         """0 if `subject` may spend `cost` events now (and spends them), else seconds to wait."""

@@ -1,8 +1,12 @@
-"""Configuration, read once from the environment into frozen objects."""
+"""Configuration, read once from the environment into frozen objects: the one module that reads it.
+
+Outside it only gunicorn's own settings (ingress/gunicorn_conf.py), the secrets check that runs before
+anything starts (shared/secrets.py) and the dev tools read the environment."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/"
 
@@ -87,6 +91,11 @@ class Config:
     publish_timeout_s: float = 5.0
     body_read_timeout_s: float = 10.0    # a request body that stops arriving for this long is a 408
     max_clock_skew_s: int = 300
+    reply_timeout_s: float = 5.0         # how long a request–reply event (media.upload_requested) waits: else 202 pending
+    query_timeout_s: float = 5.0         # how long a read or a query event waits for its worker: else 504
+    rate_limit_burst: float = 3000       # events a user may post at once (ingress/ratelimit.py)
+    rate_limit_events_per_s: float = 25  # and the rate the allowance refills at
+    cors_allowed_origins: tuple[str, ...] = ()  # ingress/cors.py; a malformed entry refuses the start
     jwt: JwtConfig = field(default_factory=JwtConfig)
     # ingress: HMAC key of server-made event ids (required there, shared/secrets.py); None elsewhere
     event_id_key: bytes | None = field(default=None, repr=False)
@@ -114,6 +123,11 @@ class Config:
             publish_timeout_s=_float("PUBLISH_TIMEOUT_S", cls.publish_timeout_s),
             body_read_timeout_s=_float("BODY_READ_TIMEOUT_S", cls.body_read_timeout_s),
             max_clock_skew_s=_int("MAX_CLOCK_SKEW_S", cls.max_clock_skew_s),
+            reply_timeout_s=_float("REPLY_TIMEOUT_S", cls.reply_timeout_s),
+            query_timeout_s=_float("QUERY_TIMEOUT_S", cls.query_timeout_s),
+            rate_limit_burst=_float("RATE_LIMIT_BURST", cls.rate_limit_burst),
+            rate_limit_events_per_s=_float("RATE_LIMIT_EVENTS_PER_S", cls.rate_limit_events_per_s),
+            cors_allowed_origins=tuple(os.environ.get("CORS_ALLOWED_ORIGINS", "").split(",")),
             jwt=JwtConfig.from_env(),
             event_id_key=os.environ.get("EVENT_ID_KEY", "").encode() or None,
         )
@@ -134,3 +148,97 @@ class DeadLetterBounds:
         if bounds.max_bytes < 1 or bounds.max_messages < 1:
             raise ValueError("DEAD_LETTER_MAX_BYTES and DEAD_LETTER_MAX_MESSAGES must be positive integers")
         return bounds
+
+
+def _pem(value: str | None) -> str | None:
+    """A PEM from the environment; `\\n` escapes allowed so it fits on one .env line."""
+    return value.replace("\\n", "\n").strip() if value else None
+
+
+@dataclass(frozen=True)
+class FeedTokenConfig:
+    algorithm: str = "EdDSA"
+    private_key: str | None = None   # settings worker only
+    public_key: str | None = None    # video worker
+    issuer: str = "spotter-settings"
+    audience: str = "spotter-feed"
+    ttl_s: int = 24 * 3600
+    leeway_s: int = 30
+
+    @classmethod
+    def from_env(cls) -> "FeedTokenConfig":
+        return cls(
+            algorithm=os.environ.get("FEED_TOKEN_ALGORITHM", cls.algorithm),
+            private_key=_pem(os.environ.get("FEED_TOKEN_PRIVATE_KEY")),
+            public_key=_pem(os.environ.get("FEED_TOKEN_PUBLIC_KEY")),
+            issuer=os.environ.get("FEED_TOKEN_ISSUER", cls.issuer),
+            audience=os.environ.get("FEED_TOKEN_AUDIENCE", cls.audience),
+            ttl_s=int(os.environ.get("FEED_TOKEN_TTL_S") or cls.ttl_s),
+        )
+
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint_url: str | None
+    bucket: str
+    access_key: str | None
+    secret_key: str | None
+    region: str = "us-east-1"
+    max_upload_bytes: int = 500 * MB
+    upload_expiry_s: int = 900
+    download_expiry_s: int = 900
+
+    @classmethod
+    def from_env(cls) -> "StorageConfig":
+        return cls(
+            endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
+            bucket=os.environ.get("S3_BUCKET", "spotter-media"),
+            access_key=os.environ.get("S3_ACCESS_KEY") or None,
+            secret_key=os.environ.get("S3_SECRET_KEY") or None,
+            region=os.environ.get("S3_REGION", "us-east-1"),
+            max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", 500 * MB)),
+            upload_expiry_s=int(os.environ.get("UPLOAD_URL_EXPIRY_S", 900)),
+            download_expiry_s=int(os.environ.get("DOWNLOAD_URL_EXPIRY_S", 900)),
+        )
+
+
+DEFAULT_CHAT_PATH = "/api/chat/completions"
+
+
+class NotConfigured(RuntimeError):
+    """The environment names an endpoint the client cannot use (the worker refuses to start)."""
+
+
+@dataclass(frozen=True)
+class OpenWebUIConfig:
+    url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    chat_path: str = DEFAULT_CHAT_PATH
+    timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> "OpenWebUIConfig | None":
+        url = os.environ.get("OPENWEBUI_URL", "").strip()
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NotConfigured("OPENWEBUI_URL must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise NotConfigured("OPENWEBUI_URL must not carry credentials: set OPENWEBUI_API_KEY")
+        model = os.environ.get("OPENWEBUI_MODEL", "").strip()
+        if not model:
+            raise NotConfigured("OPENWEBUI_MODEL is required when OPENWEBUI_URL is set")
+        path = os.environ.get("OPENWEBUI_CHAT_PATH", "").strip() or DEFAULT_CHAT_PATH
+        try:
+            timeout_s = float(os.environ.get("OPENWEBUI_TIMEOUT_S", "") or 60)
+        except ValueError:
+            raise NotConfigured("OPENWEBUI_TIMEOUT_S must be a number of seconds") from None
+        if timeout_s <= 0:
+            raise NotConfigured("OPENWEBUI_TIMEOUT_S must be positive")
+        return cls(url=url.rstrip("/"), model=model, api_key=os.environ.get("OPENWEBUI_API_KEY") or None,
+                   chat_path="/" + path.lstrip("/"), timeout_s=timeout_s)

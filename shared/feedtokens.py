@@ -6,7 +6,6 @@ sides; exp, iat, iss, aud, sub, feed_owner_id and passcode_version are required.
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,36 +13,10 @@ from dataclasses import dataclass
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from shared.config import FeedTokenConfig
 from shared.errors import Unauthorized
 
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "feed_owner_id", "passcode_version"]
-
-
-def _pem(value: str | None) -> str | None:
-    """A PEM from the environment; `\\n` escapes allowed so it fits on one .env line."""
-    return value.replace("\\n", "\n").strip() if value else None
-
-
-@dataclass(frozen=True)
-class FeedTokenConfig:
-    algorithm: str = "EdDSA"
-    private_key: str | None = None   # settings worker only
-    public_key: str | None = None    # video worker
-    issuer: str = "spotter-settings"
-    audience: str = "spotter-feed"
-    ttl_s: int = 24 * 3600
-    leeway_s: int = 30
-
-    @classmethod
-    def from_env(cls) -> "FeedTokenConfig":
-        return cls(
-            algorithm=os.environ.get("FEED_TOKEN_ALGORITHM", cls.algorithm),
-            private_key=_pem(os.environ.get("FEED_TOKEN_PRIVATE_KEY")),
-            public_key=_pem(os.environ.get("FEED_TOKEN_PUBLIC_KEY")),
-            issuer=os.environ.get("FEED_TOKEN_ISSUER", cls.issuer),
-            audience=os.environ.get("FEED_TOKEN_AUDIENCE", cls.audience),
-            ttl_s=int(os.environ.get("FEED_TOKEN_TTL_S") or cls.ttl_s),
-        )
 
 
 @dataclass(frozen=True)

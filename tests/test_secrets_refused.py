@@ -5,7 +5,7 @@ or .env.example (`change-me-development-only`), with a guessable HS key, or with
 from a `.env` lying in the working directory. Each such process must exit 2 with a
 `refusing to start` line naming the variable, never its value. Also: a bearer token living
 longer than JWT_MAX_TTL_S is refused (tests/ingress/test_ingress.py posts such tokens to a real
-ingress; here the Verifier alone).
+ingress; here the BearerVerifier alone).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from ingress.auth import Unauthorized, Verifier
+from ingress.auth import BearerRefused, BearerVerifier
 from shared import secrets
 from shared.config import Config, JwtConfig
 from tests.support import auth
@@ -283,8 +283,8 @@ def test_secrets_stay_out_of_config_reprs():
 
 
 # ---- token lifetime (JWT_MAX_TTL_S) --------------------------------------------------------------
-def _verifier(max_ttl_s: int = 3600) -> Verifier:
-    return Verifier(JwtConfig(secret=GOOD_KEY, issuer=auth.ISSUER, audience=auth.AUDIENCE, max_ttl_s=max_ttl_s))
+def _verifier(max_ttl_s: int = 3600) -> BearerVerifier:
+    return BearerVerifier(JwtConfig(secret=GOOD_KEY, issuer=auth.ISSUER, audience=auth.AUDIENCE, max_ttl_s=max_ttl_s))
 
 
 def test_a_token_living_longer_than_jwt_max_ttl_s_is_refused():
@@ -296,7 +296,7 @@ def test_a_token_living_longer_than_jwt_max_ttl_s_is_refused():
                    {"iat": now - 3000, "exp": now + 1000},               # issued long ago, still unexpired
                    {"exp": now + 3600 + 60}):                            # no iat: counted from now
         token = jwt.encode({"sub": sub, "iss": auth.ISSUER, "aud": auth.AUDIENCE, **claims}, GOOD_KEY, "HS256")
-        with pytest.raises(Unauthorized, match="JWT_MAX_TTL_S"):
+        with pytest.raises(BearerRefused, match="JWT_MAX_TTL_S"):
             verifier.subject("Bearer " + token)
     no_iat = jwt.encode({"sub": sub, "iss": auth.ISSUER, "aud": auth.AUDIENCE, "exp": now + 600}, GOOD_KEY, "HS256")
     assert verifier.subject("Bearer " + no_iat) == sub

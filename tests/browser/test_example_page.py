@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ingress.auth import Verifier
+from ingress.auth import BearerVerifier
 from tests.support.db import query
 from tests.support import auth
 from tests.support.browser import BrowserError
@@ -52,7 +52,7 @@ def test_the_page_names_its_ingress_and_its_tokens_pass_the_ingress_verifier(dev
     user = str(uuid.uuid4())
     status, body = _get(f"{page.url}/token?user_id={user.upper()}")
     assert status == 200
-    assert Verifier(auth.jwt_config(jwt_secret)).subject(f"Bearer {json.loads(body)['token']}") == user
+    assert BearerVerifier(auth.jwt_config(jwt_secret)).subject(f"Bearer {json.loads(body)['token']}") == user
     assert _get(f"{page.url}/token?user_id=nobody")[0] == 400
     assert _get(f"{page.url}/nothing")[0] == 404
     # another host name pointed at 127.0.0.1 (DNS rebinding) does not get tokens

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ingress.auth import Unauthorized, Verifier, canonical_user
+from ingress.auth import BearerRefused, BearerVerifier, canonical_user
 from shared.config import JwtConfig
 from tests.support import auth
 
@@ -17,16 +17,16 @@ USER = "7C9E6679-7425-40DE-944B-E07FC1F90AE7"
 
 
 @pytest.fixture
-def verifier() -> Verifier:
-    return Verifier(auth.jwt_config(SECRET))
+def verifier() -> BearerVerifier:
+    return BearerVerifier(auth.jwt_config(SECRET))
 
 
 def bearer(token: str) -> str:
     return f"Bearer {token}"
 
 
-def refusal(verifier: Verifier, header: str | None) -> str:
-    with pytest.raises(Unauthorized) as refused:
+def refusal(verifier: BearerVerifier, header: str | None) -> str:
+    with pytest.raises(BearerRefused) as refused:
         verifier.subject(header)
     return str(refused.value)
 
@@ -74,16 +74,16 @@ def test_a_token_without_subject_or_expiry_is_refused(verifier):
 
 
 def test_a_token_living_longer_than_the_maximum_is_refused():
-    verifier = Verifier(JwtConfig(secret=SECRET, issuer=auth.ISSUER, audience=auth.AUDIENCE, max_ttl_s=3600))
+    verifier = BearerVerifier(JwtConfig(secret=SECRET, issuer=auth.ISSUER, audience=auth.AUDIENCE, max_ttl_s=3600))
     assert verifier.subject(bearer(auth.encode(SECRET, USER, ttl_s=3600)))
     assert "JWT_MAX_TTL_S" in refusal(verifier, bearer(auth.encode(SECRET, USER, ttl_s=3 * 3600)))
 
 
 def test_no_key_or_the_none_algorithm_fails_at_start_not_per_request():
     with pytest.raises(RuntimeError, match="JWT_SECRET"):
-        Verifier(JwtConfig(secret=None))
+        BearerVerifier(JwtConfig(secret=None))
     with pytest.raises(RuntimeError, match="not a signing algorithm"):
-        Verifier(JwtConfig(algorithm="none", public_key="x"))
+        BearerVerifier(JwtConfig(algorithm="none", public_key="x"))
 
 
 def test_canonical_user_lowercases_uuids_only():

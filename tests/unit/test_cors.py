@@ -17,7 +17,7 @@ def _headers(pairs) -> dict:
 
 
 def test_empty_by_default_allows_no_origin_and_adds_nothing():
-    cors = Cors.from_env({})
+    cors = Cors([])
     assert not cors.enabled
     assert cors.response_headers(APP) == () and cors.response_headers(None) == ()
     with pytest.raises(Rejected) as refused:
@@ -27,7 +27,7 @@ def test_empty_by_default_allows_no_origin_and_adds_nothing():
 
 
 def test_an_allowed_origin_is_echoed_with_vary_and_exposed_headers_never_credentials():
-    cors = Cors.from_env({ENV: f"{APP}, https://admin.example.com"})
+    cors = Cors(f"{APP}, https://admin.example.com".split(","))
     headers = _headers(cors.response_headers(APP))
     assert headers["access-control-allow-origin"] == APP
     assert headers["vary"] == "Origin"
@@ -42,7 +42,7 @@ def test_an_allowed_origin_is_echoed_with_vary_and_exposed_headers_never_credent
     None, "https://app.example.com.evil.com", "https://APP.example.com/", "http://localhost:3000",
 ])
 def test_any_other_origin_gets_nothing(origin):
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     assert cors.response_headers(origin) == ()
     assert not cors.allows(origin)
 
@@ -59,11 +59,11 @@ def test_entries_are_canonical_origins_as_browsers_send_them():
 ])
 def test_an_entry_that_is_not_an_origin_fails_at_start(entry):
     with pytest.raises(ValueError, match=ENV):
-        Cors.from_env({ENV: f"{APP},{entry}"})
+        Cors(f"{APP},{entry}".split(","))
 
 
 def test_the_dev_wildcard_is_any_port_on_a_loopback_host_only():
-    cors = Cors.from_env({ENV: DEV_DEFAULT})
+    cors = Cors(DEV_DEFAULT.split(","))
     for origin in ("http://localhost:5173", "http://localhost:3000", "http://127.0.0.1:8080", "http://localhost"):
         assert cors.allows(origin), origin
         assert _headers(cors.response_headers(origin))["access-control-allow-origin"] == origin
@@ -75,7 +75,7 @@ def test_the_dev_wildcard_is_any_port_on_a_loopback_host_only():
 
 
 def test_a_preflight_lists_the_routes_methods_and_headers_for_a_limited_time():
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     template = documents.EVENTS_PATH
     status, pairs = cors.preflight(APP, "POST", "authorization,content-type,traceparent",
                                    documents.methods(template), documents.request_headers(template))
@@ -90,7 +90,7 @@ def test_a_preflight_lists_the_routes_methods_and_headers_for_a_limited_time():
 
 
 def test_feed_reads_take_the_feed_access_token_header():
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     _, pairs = cors.preflight(APP, "GET", "authorization,x-feed-access-token", ["GET"],
                               documents.request_headers("/api/v1/feeds/{owner_id}/posts"))
     assert "X-Feed-Access-Token" in _headers(pairs)["access-control-allow-headers"].split(", ")
@@ -100,13 +100,13 @@ def test_feed_reads_take_the_feed_access_token_header():
 
 def test_a_method_the_route_does_not_take_is_left_to_the_browser_to_refuse():
     """The answer lists what the route takes; the browser then names the method it was refused."""
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     status, pairs = cors.preflight(APP, "DELETE", None, ["GET"], ["Authorization"])
     assert status == 204 and _headers(pairs)["access-control-allow-methods"] == "GET"
 
 
 def test_a_refused_origins_preflight_is_a_403_json_error_without_allow_origin():
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     with pytest.raises(Rejected) as refused:
         cors.preflight("https://evil.example.com", "POST", "authorization", ["POST"], ["Authorization"])
     exc = refused.value
@@ -116,7 +116,7 @@ def test_a_refused_origins_preflight_is_a_403_json_error_without_allow_origin():
 
 
 def test_options_without_origin_is_a_plain_options_not_a_preflight():
-    cors = Cors.from_env({ENV: APP})
+    cors = Cors(APP.split(","))
     status, pairs = cors.preflight(None, None, None, ["GET"], ["Authorization"])
     assert status == 204 and _headers(pairs) == {"allow": "GET, OPTIONS"}
     status, pairs = cors.preflight(APP, None, None, ["POST"], ["Authorization"])

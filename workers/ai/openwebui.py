@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import functools
 import http.client
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
 
+from shared.config import OpenWebUIConfig
 from shared.errors import PermanentError, TransientError
 
-DEFAULT_CHAT_PATH = "/api/chat/completions"
 MAX_RESPONSE_BYTES = 1024 * 1024  # an answer is text; more than this is not a chat completion
 RETRYABLE_STATUS = frozenset({408, 425, 429})
-
-
-class NotConfigured(RuntimeError):
-    """The environment names an endpoint the client cannot use (the worker refuses to start)."""
 
 
 @dataclass(frozen=True)
@@ -37,38 +32,6 @@ class Completion:
     answer: str
     model: str
     finish_reason: str | None
-
-
-@dataclass(frozen=True)
-class OpenWebUIConfig:
-    url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-    chat_path: str = DEFAULT_CHAT_PATH
-    timeout_s: float = 60.0
-
-    @classmethod
-    def from_env(cls) -> "OpenWebUIConfig | None":
-        url = os.environ.get("OPENWEBUI_URL", "").strip()
-        if not url:
-            return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise NotConfigured("OPENWEBUI_URL must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise NotConfigured("OPENWEBUI_URL must not carry credentials: set OPENWEBUI_API_KEY")
-        model = os.environ.get("OPENWEBUI_MODEL", "").strip()
-        if not model:
-            raise NotConfigured("OPENWEBUI_MODEL is required when OPENWEBUI_URL is set")
-        path = os.environ.get("OPENWEBUI_CHAT_PATH", "").strip() or DEFAULT_CHAT_PATH
-        try:
-            timeout_s = float(os.environ.get("OPENWEBUI_TIMEOUT_S", "") or 60)
-        except ValueError:
-            raise NotConfigured("OPENWEBUI_TIMEOUT_S must be a number of seconds") from None
-        if timeout_s <= 0:
-            raise NotConfigured("OPENWEBUI_TIMEOUT_S must be positive")
-        return cls(url=url.rstrip("/"), model=model, api_key=os.environ.get("OPENWEBUI_API_KEY") or None,
-                   chat_path="/" + path.lstrip("/"), timeout_s=timeout_s)
 
 
 class Client:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 import click
 
-from workers import WORKERS, load
+from workers import WORKERS
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")

@@ -2,41 +2,14 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
-from dataclasses import dataclass
+
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
-MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    endpoint_url: str | None
-    bucket: str
-    access_key: str | None
-    secret_key: str | None
-    region: str = "us-east-1"
-    max_upload_bytes: int = 500 * MB
-    upload_expiry_s: int = 900
-    download_expiry_s: int = 900
-
-    @classmethod
-    def from_env(cls) -> "StorageConfig":
-        return cls(
-            endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
-            bucket=os.environ.get("S3_BUCKET", "spotter-media"),
-            access_key=os.environ.get("S3_ACCESS_KEY") or None,
-            secret_key=os.environ.get("S3_SECRET_KEY") or None,
-            region=os.environ.get("S3_REGION", "us-east-1"),
-            max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", 500 * MB)),
-            upload_expiry_s=int(os.environ.get("UPLOAD_URL_EXPIRY_S", 900)),
-            download_expiry_s=int(os.environ.get("DOWNLOAD_URL_EXPIRY_S", 900)),
-        )
-
+from shared.config import StorageConfig
 
 class StorageUnavailable(Exception):
     """The store did not answer (network, 5xx): worth retrying."""
