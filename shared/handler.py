@@ -81,7 +81,9 @@ class Cursor:
     order, in the round trip of the next statement that returns rows, or at commit. fetch*,
     rowcount and description send it first, so a handler sees what a plain cursor would (one
     difference: an error in a buffered write surfaces at that later call). Statements the
-    worker declares in WorkerSpec.batched are sent as one multi-row statement per round trip."""
+    worker declares in WorkerSpec.batched are sent as one multi-row statement per round trip, at
+    the place of the first of them: their rows may move ahead of other buffered writes, which is
+    why only writes whose outcome does not depend on that may be declared."""
 
     def __init__(self, conn, batched: Mapping[str, str] = {}):
         self._cur = conn.cursor()
