@@ -50,7 +50,7 @@ class Minter:
         return jwt.encode(claims, self._key, algorithm=self.cfg.algorithm), grant
 
 
-class Verifier:
+class FeedTokenVerifier:
     def __init__(self, cfg: FeedTokenConfig):
         if not cfg.public_key:
             raise RuntimeError("FEED_TOKEN_PUBLIC_KEY is not set: the video worker cannot check feed access")

@@ -2,7 +2,8 @@
 
     python -m tests.bench.bench_worker [--events 20000]
 
-Prints events/s for each and the ratios DESIGN §8 sets: ≥ 7× naive, ≥ 0.3× raw consumption.
+Prints events/s for each and the ratios DESIGN §8 sets: ≥ 7× naive, ≥ 0.3× raw consumption;
+then the same worker through PgBouncer in transaction pooling mode (tests/support/pgbouncer.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pika
 import psycopg2
 
 from workers.ops import migrate
-from tests.support import rabbit
+from tests.support import pgbouncer, rabbit
 
 PG = "postgresql://postgres@127.0.0.1:5432/"
 
@@ -167,6 +168,13 @@ def main() -> None:
         with psycopg2.connect(db) as pg, pg.cursor() as cur:
             cur.execute("TRUNCATE user_settings, idempotency_keys")
         worker = bench_worker(url, db, bodies, args.prefetch)
+        with psycopg2.connect(db) as pg, pg.cursor() as cur:
+            cur.execute("TRUNCATE user_settings, idempotency_keys")
+        bouncer = pgbouncer.start()
+        try:
+            pooled = bench_worker(url, bouncer.url(db), bodies, args.prefetch)
+        finally:
+            bouncer.stop()
     finally:
         rabbit.delete_vhost(vhost)
         admin = psycopg2.connect(PG + "postgres")
@@ -177,7 +185,9 @@ def main() -> None:
     print(f"raw pika consumption (prefetch 200, multiple acks): {raw:10.0f} msg/s")
     print(f"naive (1 transaction + 1 ack per message):          {naive:10.0f} events/s")
     print(f"settings worker (full semantics, 1 process):        {worker:10.0f} events/s")
+    print(f"settings worker through PgBouncer (transaction mode): {pooled:8.0f} events/s")
     print(f"worker / naive = {worker / naive:.2f}x (target >= 7)   worker / raw = {worker / raw:.2f}x (target >= 0.3)")
+    print(f"through PgBouncer: worker / naive = {pooled / naive:.2f}x   worker / raw = {pooled / raw:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ calls: dict[str, int] = {}
 
 
 def record(ctx, e):
-    ctx.write("INSERT INTO probe (event_id, age) VALUES (%s, %s)", (e.id, e.data["age"]))
+    ctx.cursor.execute("INSERT INTO probe (event_id, age) VALUES (%s, %s)", (e.id, e.data["age"]))
 
 
 def flaky(ctx, e):

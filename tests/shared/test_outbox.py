@@ -19,7 +19,7 @@ def start_probe(env, db, **extra):
 def test_crash_between_commit_and_outbox_publish_still_publishes_once(base_env, settings_db, rmq):
     query(settings_db, "CREATE TABLE probe (event_id uuid PRIMARY KEY, age int NOT NULL)")
     outcomes = rmq.tap("app.events", "probe.recorded")
-    crashing = start_probe(base_env, settings_db, SPOTTER_FAULT="exit_after_commit")
+    crashing = start_probe(base_env, settings_db, PROBE_EXIT_AFTER_COMMIT="1")
     try:
         wait_for(lambda: any(l.get("msg") == "consuming" for l in crashing.logs()))
         e = event()

@@ -331,7 +331,7 @@ def probe_handler(ctx, e):
         raise TransientError("downstream at 10.0.0.7:5432 timed out")
     if age == 68:
         raise NotYet("the thing age 68 refers to is not there (yet)")
-    ctx.write("INSERT INTO probe (event_id, age) VALUES (%s, %s)", (e.id, age))
+    ctx.cursor.execute("INSERT INTO probe (event_id, age) VALUES (%s, %s)", (e.id, age))
 
 
 def with_age(user: str, age: int) -> dict:

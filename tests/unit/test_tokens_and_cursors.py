@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from shared.errors import InvalidEvent, Unauthorized
-from shared.feedtokens import FeedTokenConfig, Minter, Verifier, generate_keypair
+from shared.feedtokens import FeedTokenConfig, Minter, FeedTokenVerifier, generate_keypair
 from shared.paging import decode_cursor, encode_cursor
 
 PRIVATE, PUBLIC = generate_keypair()
@@ -25,14 +25,14 @@ VIEWER, OWNER = str(uuid.uuid4()), str(uuid.uuid4())
 
 def refusal(token: str, cfg: FeedTokenConfig = CFG) -> str:
     with pytest.raises(Unauthorized) as refused:
-        Verifier(cfg).verify(token)
+        FeedTokenVerifier(cfg).verify(token)
     assert refused.value.reason == "unauthorized"
     return refused.value.detail
 
 
 def test_a_minted_token_verifies_to_its_grant():
     token, grant = Minter(CFG).mint(VIEWER, OWNER, 3)
-    assert Verifier(CFG).verify(token) == grant
+    assert FeedTokenVerifier(CFG).verify(token) == grant
     assert (grant.viewer_id, grant.feed_owner_id, grant.passcode_version) == (VIEWER, OWNER, 3)
     assert grant.expires_at - time.time() == pytest.approx(CFG.ttl_s, abs=5)
 
@@ -65,7 +65,7 @@ def test_a_token_of_another_key_audience_or_issuer_is_refused():
 def test_a_shared_secret_or_no_algorithm_cannot_be_configured():
     for algorithm in ("HS256", "none", "ROT13"):
         with pytest.raises(RuntimeError, match="asymmetric"):
-            Verifier(replace(CFG, algorithm=algorithm))
+            FeedTokenVerifier(replace(CFG, algorithm=algorithm))
     with pytest.raises(RuntimeError, match="FEED_TOKEN_PRIVATE_KEY"):
         Minter(replace(CFG, private_key=None))
 
@@ -100,7 +100,7 @@ def test_pems_from_one_env_line_are_accepted(monkeypatch):
     monkeypatch.setenv("FEED_TOKEN_PUBLIC_KEY", PUBLIC.replace("\n", "\\n"))
     cfg = FeedTokenConfig.from_env()
     token, grant = Minter(cfg).mint(VIEWER, OWNER, 2)
-    assert Verifier(cfg).verify(token) == grant
+    assert FeedTokenVerifier(cfg).verify(token) == grant
 
 
 # ---- paging cursors ---------------------------------------------------------------------------------

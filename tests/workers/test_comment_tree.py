@@ -177,6 +177,6 @@ def test_the_tree_builder_takes_replies_in_any_order_and_drops_orphans_without_f
     row = lambda cid: (cid, owner, "text", 0, False, at)
     # children before their parents, and a reply whose parent is not among the rows
     replies = [(*row(b), a), (*row(under_orphan), orphan), (*row(a), root)]
-    ctx = types.SimpleNamespace(cur=ScriptedCursor(owner, [row(root)], replies))
+    ctx = types.SimpleNamespace(cursor=ScriptedCursor(owner, [row(root)], replies))
     page = feed_reads.read_comments(ctx, Request("post.comments", owner, {"post_id": str(uuid.uuid4()), "limit": 5}))
     assert shape(page["comments"]) == [(root, [(a, [(b, [])])])]

@@ -315,7 +315,8 @@ def test_one_wake_up_per_transaction_names_every_recipient_of_the_batch(make_dat
     """The fast path commits a batch in one transaction: one inbox.updated for all of it."""
     from workers.runtime import db
     from shared.envelope import Envelope, new_event
-    from workers.runtime.handler import Context
+    from workers.runtime.handler import Context, Cursor
+    from workers.notify.worker import BATCHED
     from workers.notify.worker import deliver
 
     conn = db.connect(make_database("notify"))
@@ -325,7 +326,7 @@ def test_one_wake_up_per_transaction_names_every_recipient_of_the_batch(make_dat
                             "transcode") for o in owners]
 
         def run(events: list[Envelope]) -> list[Envelope]:
-            ctx = Context(conn, "notify", set())
+            ctx = Context(conn, "notify", Cursor(conn, BATCHED))
             for e in events:
                 deliver(ctx, e)
             ctx.flush()

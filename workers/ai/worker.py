@@ -41,14 +41,14 @@ WHERE p.prompt_id = %s
 
 def submit_prompt(ctx: Context, event: Envelope) -> None:
     prompt_id, prompt = str(uuid.UUID(event.data["prompt_id"])), event.data["prompt"]
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(CLAIM_PROMPT, (prompt_id, event.user_id, prompt))
     if cur.fetchone() is None:
         _check_resubmission(cur, prompt_id, event.user_id, prompt)
         return  # the same prompt sent again under a new event id: its outcome stands
     client = openwebui.client()
     if client is None:
-        ctx.write(RECORD_FAILURE, (prompt_id, NOT_CONFIGURED))
+        ctx.cursor.execute(RECORD_FAILURE, (prompt_id, NOT_CONFIGURED))
         ctx.emit("ai.response.failed", {"prompt_id": prompt_id, "reason": NOT_CONFIGURED}, cause=event)
         return
     started = time.perf_counter()
@@ -57,7 +57,7 @@ def submit_prompt(ctx: Context, event: Envelope) -> None:
              finish_reason=completion.finish_reason, answer_chars=len(completion.answer),
              call_ms=round((time.perf_counter() - started) * 1000, 1), client_generated_id=event.id,
              user_id=event.user_id)
-    ctx.write(RECORD_ANSWER, (prompt_id, completion.answer, completion.model, completion.finish_reason))
+    ctx.cursor.execute(RECORD_ANSWER, (prompt_id, completion.answer, completion.model, completion.finish_reason))
     ready = {"prompt_id": prompt_id, "answer": completion.answer, "model": completion.model}
     if completion.finish_reason:
         ready["finish_reason"] = completion.finish_reason
@@ -76,7 +76,7 @@ def _check_resubmission(cur, prompt_id: str, user_id: str, prompt: str) -> None:
 
 def read_prompt(ctx: Context, request: Request) -> dict:
     prompt_id = str(uuid.UUID(request.params["prompt_id"]))
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(READ_PROMPT, (prompt_id,))
     row = cur.fetchone()
     if row is None:

@@ -28,7 +28,7 @@ def start_conversation(ctx: Context, event: Envelope) -> None:
         raise InvalidEvent("participant_ids lists the other users; the sender takes part anyway",
                            field="data.participant_ids")
     members = [starter, *others]
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(START_CONVERSATION, {"conv": conversation_id, "starter": starter, "title": data.get("title"),
                                      "members": members})
     if cur.fetchone() is None:
@@ -46,7 +46,7 @@ def send_message(ctx: Context, event: Envelope) -> None:
     data = event.data
     conversation_id, message_id = canonical_id(data["conversation_id"]), canonical_id(data["message_id"])
     sender = event.user_id
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(LOCK_CONVERSATION, (conversation_id,))
     row = cur.fetchone()
     if row is None:  # its dm.conversation.started may still be on another replica: retried, then dead-lettered
@@ -70,7 +70,7 @@ def send_message(ctx: Context, event: Envelope) -> None:
 def mark_read(ctx: Context, event: Envelope) -> None:
     args = {"conv": canonical_id(event.data["conversation_id"]), "msg": canonical_id(event.data["message_id"]),
             "reader": event.user_id}
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(MOVE_READ_MARKER, args)
     if cur.fetchone() is not None:
         return
@@ -92,7 +92,7 @@ def mark_read(ctx: Context, event: Envelope) -> None:
 def read_messages(ctx: Context, request: Request) -> dict:
     params = request.params
     conversation_id = canonical_id(params["conversation_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(CONVERSATION_MEMBERS, (conversation_id,))
     members = cur.fetchall()
     if not members:

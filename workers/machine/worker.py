@@ -21,7 +21,7 @@ from workers.machine.sql import AFTER_NOTE, CREATE_NOTE, DELETE_NOTE, NOTES_PAGE
 def create_note(ctx: Context, event: Envelope) -> None:
     data = event.data
     note_id = canonical_id(data["note_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(CREATE_NOTE, {"note": note_id, "author": event.user_id, "machine": data["machine_id"],
                               "gym": canonical_id(data["gym_id"]) if data.get("gym_id") else None, "body": data["body"],
                               "ts": event.timestamp, "version": event.version_key})
@@ -45,7 +45,7 @@ def delete_note(ctx: Context, event: Envelope) -> None:
 
 
 def _change(ctx: Context, event: Envelope, note_id: str, statement: str, action: str, **params) -> None:
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(statement, {"note": note_id, "author": event.user_id, "ts": event.timestamp,
                             "version": event.version_key, **params})
     author, machine_id, updated_at = cur.fetchone()
@@ -66,7 +66,7 @@ def _announce(ctx: Context, event: Envelope, note_id: str, machine_id: str, acti
 def read_notes(ctx: Context, request: Request) -> dict:
     """The caller's own notes on one machine: there is no way to ask for anyone else's."""
     machine_id = request.params["machine_id"]
-    rows, next_cursor = page(ctx.cur, NOTES_PAGE, AFTER_NOTE, {"author": request.user_id, "machine": machine_id},
+    rows, next_cursor = page(ctx.cursor, NOTES_PAGE, AFTER_NOTE, {"author": request.user_id, "machine": machine_id},
                               request.params)
     notes = [{"note_id": note_id, "machine_id": machine, "gym_id": gym_id, "body": body,
               "created_at": rfc3339(created_at), "updated_at": rfc3339(updated_at)}
@@ -82,9 +82,9 @@ def update_prefs(ctx: Context, event: Envelope) -> None:
     if both:
         raise InvalidEvent(f"machines both preferred and avoided: {sorted(both)[:5]}",
                            field="data.prefs.avoided_machine_ids")
-    # One statement with RETURNING rather than a deferred Rows upsert: the outcome event is only
-    # for prefs that landed, and deferred rows cannot say which did. Prefs change rarely.
-    cur = ctx.cur
+    # One statement with RETURNING rather than a batched upsert (WorkerSpec.batched): the outcome is only
+    # for prefs that landed, and batched rows cannot say which did. Prefs change rarely.
+    cur = ctx.cursor
     cur.execute(UPSERT_PREFS, {"user": event.user_id, "prefs": orjson.dumps(prefs).decode(),
                                "version": event.version_key, "ts": event.timestamp})
     row = cur.fetchone()
@@ -93,7 +93,7 @@ def update_prefs(ctx: Context, event: Envelope) -> None:
 
 
 def read_prefs(ctx: Context, request: Request) -> dict:
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(PREFS, (request.user_id,))
     row = cur.fetchone()
     if row is None:

@@ -32,7 +32,7 @@ import orjson
 
 from shared.envelope import Envelope, canonical_id, rfc3339
 from shared.errors import InvalidEvent
-from workers.runtime.handler import Context, Request, Rows, WorkerSpec
+from workers.runtime.handler import Context, Request, WorkerSpec
 
 DEFAULT_PAGE = 50  # inbox.get without a limit (its schema allows 1..100)
 
@@ -109,12 +109,11 @@ def check_config() -> None:
 
 # ---- storing ----------------------------------------------------------------------------------
 
-# One statement per batch: items already held (a replay) or twice in the batch are dropped, each
+# One statement per round trip (BATCHED): items already held (a replay) or twice in the batch are dropped, each
 # recipient's inbox row is locked in user order (two batches never wait on each other in a
 # circle) and bumped by how many items they get, and the items take the numbers just reserved
 # in delivery order.
-STORE_ITEMS = Rows("""
-WITH v (user_id, item_id, event_type, data, at, ord) AS (VALUES %s),
+_STORE = """
 fresh AS (
     SELECT DISTINCT ON (v.user_id, v.item_id) v.* FROM v
     WHERE NOT EXISTS (SELECT 1 FROM inbox_items i WHERE i.user_id = v.user_id AND i.item_id = v.item_id)
@@ -132,15 +131,30 @@ SELECT f.user_id, n.last_seq - count(*) OVER w + row_number() OVER (w ORDER BY f
 FROM fresh f JOIN numbered n USING (user_id)
 WINDOW w AS (PARTITION BY f.user_id)
 ON CONFLICT DO NOTHING
-""", template="(%s::uuid, %s::uuid, %s, %s::jsonb, %s::timestamptz, %s::bigint)")
+"""
+STORE_ITEMS = """
+WITH v (user_id, item_id, event_type, data, at, ord) AS (
+    VALUES (%s::uuid, %s::uuid, %s, %s::jsonb, %s::timestamptz, %s::bigint)),""" + _STORE
+STORE_ITEMS_ROWS = """
+WITH v (user_id, item_id, event_type, data, at, ord) AS (
+    SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, (r->>3)::jsonb, (r->>4)::timestamptz, (r->>5)::bigint
+    FROM jsonb_array_elements(%s::jsonb) AS r),""" + _STORE
 
 # The bound, after STORE_ITEMS (a statement of its own, so it sees every item committed before
 # we took the inbox rows' locks): a user keeps the `keep` newest numbers. Walks the (user_id,
 # seq) index from its low end: it touches only the rows it deletes.
-TRIM_ITEMS = Rows("""
-DELETE FROM inbox_items i USING inboxes b, (VALUES %s) AS v (user_id, keep)
+_TRIM = """
 WHERE b.user_id = v.user_id AND i.user_id = b.user_id AND i.seq <= b.last_seq - v.keep
-""", template="(%s::uuid, %s::bigint)")
+"""
+TRIM_ITEMS = """
+DELETE FROM inbox_items i USING inboxes b, (VALUES (%s::uuid, %s::bigint)) AS v (user_id, keep)""" + _TRIM
+TRIM_ITEMS_ROWS = """
+DELETE FROM inbox_items i USING inboxes b,
+    (SELECT (r->>0)::uuid, (r->>1)::bigint FROM jsonb_array_elements(%s::jsonb) AS r) AS v (user_id, keep)""" + _TRIM
+
+# A round trip's items go as one STORE_ITEMS then one TRIM_ITEMS (WorkerSpec.batched): storing a
+# later event's items before an earlier one's trim leaves the same newest items.
+BATCHED = {STORE_ITEMS: STORE_ITEMS_ROWS, TRIM_ITEMS: TRIM_ITEMS_ROWS}
 
 # Retention, a bounded batch: rows another replica is deleting are skipped, never waited for.
 PRUNE_BATCH = """
@@ -157,9 +171,9 @@ def deliver(ctx: Context, event: Envelope) -> None:
     if recipients:
         data, at, keep = orjson.dumps(event.data).decode(), rfc3339(event.timestamp), limits().max_items_per_user
         for user in recipients:
-            ctx.write_row(STORE_ITEMS, (user, event.id, event.event_type, data, at, next(_order)))
+            ctx.cursor.execute(STORE_ITEMS, (user, event.id, event.event_type, data, at, next(_order)))
         for user in recipients:
-            ctx.write_row(TRIM_ITEMS, (user, keep))
+            ctx.cursor.execute(TRIM_ITEMS, (user, keep))
         ctx.emit_gathered("inbox.updated", "user_ids", recipients, cause=event)
     _prune_when_due(ctx)
 
@@ -171,7 +185,7 @@ def _prune_when_due(ctx: Context) -> None:
     lim = limits()
     _next_prune[0] = now + lim.prune_interval_s
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=lim.retention_s)
-    ctx.write(PRUNE_BATCH, (cutoff, lim.prune_batch))
+    ctx.cursor.execute(PRUNE_BATCH, (cutoff, lim.prune_batch))
 
 
 def prune_inbox(conn, now: datetime, retention_s: int | None = None, batch: int | None = None) -> int:
@@ -201,7 +215,7 @@ def read_inbox(ctx: Context, request: Request) -> dict:
     """The caller's items after `after`, oldest first; next_cursor is where the next poll starts."""
     after = request.params.get("after")
     seq = _decode_cursor(after) if after else 0
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(PAGE, (request.user_id, seq, request.params.get("limit", DEFAULT_PAGE)))
     rows = cur.fetchall()
     return {"items": [{"id": item_id, "event_type": event_type, "data": data, "at": rfc3339(at)}
@@ -231,4 +245,4 @@ QUERIES = {
 }
 
 WORKER = WorkerSpec(name="notify", database="notify", handlers=HANDLERS, queries=QUERIES, startup=check_config,
-                    description="per-user inboxes of outcome events, inbox.updated wake-ups")
+                    description="per-user inboxes of outcome events, inbox.updated wake-ups", batched=BATCHED)

@@ -9,14 +9,14 @@ from workers.program.sql import AFTER_PROGRAM, PROGRAM, PROGRAM_PAGE, SESSION, S
 
 
 def list_programs(ctx: Context, request: Request) -> dict:
-    cur = ctx.cur
+    cur = ctx.cursor
     rows, next_cursor = page(cur, PROGRAM_PAGE, AFTER_PROGRAM, {"owner": request.user_id}, request.params)
     return {"programs": _with_workouts(cur, rows), "next_cursor": next_cursor}
 
 
 def get_program(ctx: Context, request: Request) -> dict:
     program_id = canonical_id(request.params["program_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(PROGRAM, (program_id,))
     row = cur.fetchone()
     if row is None:
@@ -46,7 +46,7 @@ def _with_workouts(cur, rows: list) -> list[dict]:
 
 def get_session(ctx: Context, request: Request) -> dict:
     session_id = canonical_id(request.params["session_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(SESSION, (session_id,))
     row = cur.fetchone()
     if row is None:

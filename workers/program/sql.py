@@ -41,13 +41,15 @@ WORKOUT_SLOTS = """
 SELECT count(*) FILTER (WHERE removed_at IS NULL), coalesce(max(position), 0) FROM workouts WHERE program_id = %s
 """
 
-# No rows back for ids already taken; the caller finds out whose.
+# A plan's workouts in one statement, as one JSON array of [id, program, name, day, exercises,
+# position]. No rows back for ids already taken; the caller finds out whose.
 INSERT_WORKOUTS = """
-INSERT INTO workouts (workout_id, program_id, name, day_of_week, exercises, position) VALUES %s
+INSERT INTO workouts (workout_id, program_id, name, day_of_week, exercises, position)
+SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, (r->>3)::smallint, r->4, (r->>5)::integer
+FROM jsonb_array_elements(%s::jsonb) AS r
 ON CONFLICT (workout_id) DO NOTHING
 RETURNING workout_id::text
 """
-WORKOUT_TEMPLATE = "(%s::uuid, %s::uuid, %s, %s::smallint, %s::jsonb, %s::integer)"
 
 # The workout with its program's owner; the program's lock covers its workouts.
 WORKOUT = """

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NoReturn
 
 import orjson
-from psycopg2.extras import execute_values
 
 from shared.envelope import Envelope, canonical_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, NotYet, PermanentError
@@ -22,7 +21,7 @@ from workers.program.sql import (BUMP_REVISION, COMPLETE_SESSION, DELETE_PROGRAM
                                  INSERT_SESSION, INSERT_SET, INSERT_WORKOUTS, LOCK_PROGRAM, LOCK_SESSION,
                                  PATCH_PROGRAM, PATCH_WORKOUT, PATCHABLE_PROGRAM, PATCHABLE_WORKOUT,
                                  PROGRAM_OWNER, PROGRAM_STATE, REMOVE_WORKOUT, SESSION_OWNER, SET_OWNER,
-                                 TOTALS, WORKOUT, WORKOUT_SLOTS, WORKOUT_STATE, WORKOUT_TEMPLATE)
+                                 TOTALS, WORKOUT, WORKOUT_SLOTS, WORKOUT_STATE)
 
 MAX_WORKOUTS = 100           # live workouts per program
 MAX_SETS_PER_SESSION = 500   # keeps a session's read one bounded answer
@@ -36,7 +35,7 @@ def create_program(ctx: Context, event: Envelope) -> None:
     data = event.data
     program_id = canonical_id(data["program_id"])
     workouts = data.get("workouts", [])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(INSERT_PROGRAM, {"program_id": program_id, "owner": event.user_id, "name": data["name"],
                                  "description": data.get("description"), "created_at": event.timestamp})
     if cur.fetchone() is None:
@@ -48,7 +47,7 @@ def create_program(ctx: Context, event: Envelope) -> None:
 
 def update_program(ctx: Context, event: Envelope) -> None:
     program_id = canonical_id(event.data["program_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     versions, _ = _lock_program(cur, program_id, event.user_id)
     patch = _newer_fields(event, versions, PATCHABLE_PROGRAM)
     if not patch:
@@ -60,7 +59,7 @@ def update_program(ctx: Context, event: Envelope) -> None:
 
 def delete_program(ctx: Context, event: Envelope) -> None:
     program_id = canonical_id(event.data["program_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     _, deleted = _lock_program(cur, program_id, event.user_id, deleted_ok=True)
     if deleted:
         return  # deleted before
@@ -70,7 +69,7 @@ def delete_program(ctx: Context, event: Envelope) -> None:
 
 def add_workout(ctx: Context, event: Envelope) -> None:
     program_id = canonical_id(event.data["program_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     _lock_program(cur, program_id, event.user_id)
     cur.execute(WORKOUT_SLOTS, (program_id,))
     live, last_position = cur.fetchone()
@@ -83,7 +82,7 @@ def add_workout(ctx: Context, event: Envelope) -> None:
 
 def update_workout(ctx: Context, event: Envelope) -> None:
     program_id, workout_id = canonical_id(event.data["program_id"]), canonical_id(event.data["workout_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     _lock_program(cur, program_id, event.user_id)
     versions, removed = _workout(cur, program_id, workout_id, event.user_id)
     if removed:
@@ -99,7 +98,7 @@ def update_workout(ctx: Context, event: Envelope) -> None:
 
 def remove_workout(ctx: Context, event: Envelope) -> None:
     program_id, workout_id = canonical_id(event.data["program_id"]), canonical_id(event.data["workout_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     _lock_program(cur, program_id, event.user_id)
     _, removed = _workout(cur, program_id, workout_id, event.user_id)
     if removed:
@@ -137,16 +136,15 @@ def _workout(cur, program_id: str, workout_id: str, user_id: str) -> tuple[dict,
 
 
 def _add_workouts(cur, event: Envelope, program_id: str, workouts: list[dict], first_position: int) -> None:
-    rows = [(canonical_id(w["workout_id"]), program_id, w["name"], w.get("day_of_week"),
-             orjson.dumps(w["exercises"]).decode(),
+    rows = [(canonical_id(w["workout_id"]), program_id, w["name"], w.get("day_of_week"), w["exercises"],
              first_position + i) for i, w in enumerate(workouts)]
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):
         raise InvalidEvent("a workout_id appears twice", field="data.workouts")
     if not rows:
         return
-    inserted = {r[0] for r in execute_values(cur, INSERT_WORKOUTS, rows, template=WORKOUT_TEMPLATE,
-                                             page_size=len(rows), fetch=True)}
+    cur.execute(INSERT_WORKOUTS, (orjson.dumps(rows).decode(),))
+    inserted = {r[0] for r in cur.fetchall()}
     for workout_id in ids:
         if workout_id not in inserted:
             _refuse_taken(cur, WORKOUT, "workout", workout_id, event.user_id, "choose a new workout_id", owner_at=1)
@@ -192,7 +190,7 @@ def start_session(ctx: Context, event: Envelope) -> None:
     session_id = canonical_id(data["session_id"])
     program_id = canonical_id(data["program_id"]) if data.get("program_id") else None
     workout_id = canonical_id(data["workout_id"]) if data.get("workout_id") else None
-    cur = ctx.cur
+    cur = ctx.cursor
     if workout_id:
         program_id = _followed_workout(cur, workout_id, program_id, event.user_id)
     elif program_id:
@@ -233,7 +231,7 @@ def _followed_workout(cur, workout_id: str, program_id: str | None, user_id: str
 def log_set(ctx: Context, event: Envelope) -> None:
     data = event.data
     session_id, set_id = canonical_id(data["session_id"]), canonical_id(data["set_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     completed_at, sets = _lock_session(cur, session_id, event.user_id)
     if completed_at is not None:
         raise PermanentError(f"session {session_id} was completed at {rfc3339(completed_at)}: start a new session "
@@ -250,7 +248,7 @@ def log_set(ctx: Context, event: Envelope) -> None:
 
 def complete_session(ctx: Context, event: Envelope) -> None:
     session_id = canonical_id(event.data["session_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     completed_at, _ = _lock_session(cur, session_id, event.user_id)
     if completed_at is not None:
         return  # completed before: its summary went out then

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Mapping
 
+import orjson
+
 from shared import contracts
-from workers.runtime import db
 from shared.envelope import Envelope, new_event, outcome_id
 
 # A handler may return a dict: the answer sent to a request–reply caller (DESIGN §1).
@@ -20,12 +22,14 @@ class Request:
     """A query off W.queries: who asks, what, with which (schema-checked) parameters.
 
     Queries named after an event type (feed.access.attempt) carry that event: `event` is its
-    validated envelope and `params` its data."""
+    validated envelope and `params` its data. The runtime claims that event's idempotency key
+    before the handler runs; `duplicate` says it was already claimed (same payload)."""
 
     name: str
     user_id: str
     params: dict
     event: Envelope | None = None
+    duplicate: bool = False  # its event's idempotency key was already claimed: sent again
 
 
 @dataclass(frozen=True)
@@ -49,82 +53,123 @@ class WorkerSpec:
     startup: Callable[[], None] | None = None  # checks keys and config; raises RuntimeError to refuse
     prefetch: int | None = None   # overrides PREFETCH (a transcode job takes one at a time)
     max_batch: int | None = None  # messages per transaction; default half the prefetch
+    # single-row write → the same write for many rows, read from one JSON array (%s::jsonb, an
+    # array of the single-row parameter tuples). Only for writes whose rows commute with each
+    # other and with the batch's other writes (newest-wins upserts that also resolve duplicates
+    # within the array): the runtime sends a round trip's rows as one statement (see Cursor).
+    batched: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A statement prepared once per connection: each use sends only `EXECUTE name(values)`,
-    which is cheaper to build here and to parse and plan in PostgreSQL."""
+_OUTBOX = ("INSERT INTO outbox (id, event_type, body) "
+           "SELECT (r->>0)::uuid, r->>1, convert_to(r->>2, 'UTF8') FROM jsonb_array_elements(%s::jsonb) AS r "
+           "ON CONFLICT (id) DO NOTHING")
 
-    name: str
-    params: tuple[str, ...]  # PostgreSQL types of $1..$n
-    sql: str
+
+@lru_cache(maxsize=4096)
+def _returns_nothing(sql: str) -> bool:
+    """A write that returns no rows (INSERT/UPDATE/DELETE without RETURNING): nothing the handler
+    can look at until the next read, so it may wait for that read's round trip. Anything else
+    (a SELECT, a CTE, a lock) goes at once."""
+    words = sql.split(None, 1)
+    return bool(words) and words[0].upper() in ("INSERT", "UPDATE", "DELETE") and "RETURNING" not in sql.upper()
+
+
+class Cursor:
+    """The one way a handler talks to its database: a DB-API cursor whose writes wait.
+
+    execute() of a write that returns no rows is rendered and buffered; the buffer travels, in
+    order, in the round trip of the next statement that returns rows, or at commit. fetch*,
+    rowcount and description send it first, so a handler sees what a plain cursor would (one
+    difference: an error in a buffered write surfaces at that later call). Statements the
+    worker declares in WorkerSpec.batched are sent as one multi-row statement per round trip, at
+    the place of the first of them: their rows may move ahead of other buffered writes, which is
+    why only writes whose outcome does not depend on that may be declared."""
+
+    def __init__(self, conn, batched: Mapping[str, str] = {}):
+        self._cur = conn.cursor()
+        self._batched = batched
+        self._pending: list = []  # rendered statements (bytes) and [many_sql, single_sql, rows] groups
+        self._groups: dict[str, list] = {}  # many_sql → its group in _pending, until sent
+
+    def execute(self, sql, params=None) -> None:
+        many = self._batched.get(sql)
+        if many is not None:  # declared commutative: its rows join the buffer's group at the first one's place
+            group = self._groups.get(many)
+            if group is None:
+                group = self._groups[many] = [many, sql, []]
+                self._pending.append(group)
+            group[2].append(params)
+        elif _returns_nothing(sql):
+            self._pending.append(self._cur.mogrify(sql, params))
+        else:
+            self._send(self._cur.mogrify(sql, params))
+
+    def defer(self, statement: bytes) -> None:
+        """A rendered statement of the runtime's own (timeouts, outbox rows), sent with the rest."""
+        self._pending.append(statement)
+
+    def flush(self) -> None:
+        self._send(None)
+
+    def _send(self, last: bytes | None) -> None:
+        parts = [p if isinstance(p, bytes) else self._render(*p) for p in self._pending]
+        self._pending, self._groups = [], {}
+        if last is not None:
+            parts.append(last)
+        if parts:  # one round trip; the cursor holds the last statement's result
+            self._cur.execute(b";".join(parts))
+
+    def _render(self, many: str, single: str, rows: list) -> bytes:
+        try:  # orjson serializes a batch in microseconds where psycopg2 quotes every value in Python
+            return self._cur.mogrify(many, (orjson.dumps(rows).decode(),))
+        except TypeError:  # a value JSON cannot carry (bytes, Decimal): one statement per row
+            return b";".join(self._cur.mogrify(single, row) for row in rows)
+
+    def fetchone(self):
+        self.flush()
+        return self._cur.fetchone()
+
+    def fetchall(self):
+        self.flush()
+        return self._cur.fetchall()
+
+    def fetchmany(self, size=None):
+        self.flush()
+        return self._cur.fetchmany(size) if size is not None else self._cur.fetchmany()
+
+    def __iter__(self):
+        self.flush()
+        return iter(self._cur)
 
     @property
-    def prepare(self) -> str:
-        return f"PREPARE {self.name} ({', '.join(self.params)}) AS {self.sql}"
+    def rowcount(self) -> int:
+        self.flush()
+        return self._cur.rowcount  # the last statement's: a batched group counts all its rows
 
     @property
-    def execute(self) -> str:
-        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.params))})"
+    def description(self):
+        self.flush()
+        return self._cur.description
 
+    def __enter__(self):
+        return self
 
-@dataclass(frozen=True)
-class Rows:
-    """A multi-row statement (`… VALUES %s …`): the rows a batch adds are sent as one statement
-    at flush. Only for statements whose rows commute, such as newest-wins upserts that also
-    resolve duplicates within the batch (DISTINCT ON … ORDER BY version DESC)."""
-
-    sql: str
-    template: str | None = None
+    def __exit__(self, *exc) -> None:
+        pass  # the runtime owns the cursor: it outlives a handler's `with`
 
 
 @dataclass
 class Context:
-    """A handler's view of the transaction it runs in.
-
-    `write()` defers a statement so a batch's writes travel in one round trip; `cur` gives an
-    immediate cursor for handlers that must read before they write (it first flushes deferred
-    writes, so reads see them). `emit()` adds an outbox row in the same transaction.
-    """
+    """A handler's view of the transaction it runs in: `cursor` reads and writes (see Cursor),
+    `emit()` adds an outbox row in the same transaction. The runtime claims idempotency keys,
+    flushes and commits."""
 
     conn: object
     worker: str
-    prepared: set = field(default_factory=set)  # statement names prepared on this connection
-    _writes: list[bytes] = field(default_factory=list)
-    _mogrifier: object = None
-    _rows: dict = field(default_factory=dict)  # Rows → list of row tuples
+    cursor: Cursor
     _unsent_outbox: list[Envelope] = field(default_factory=list)
     _gathered: dict = field(default_factory=dict)  # (event_type, key) → (first cause, chunk, values)
     outbox: list[Envelope] = field(default_factory=list)  # written to the outbox table
-
-    @property
-    def cur(self):
-        self.flush()
-        return self.conn.cursor()
-
-    def write(self, statement: "str | Prepared", params=None) -> None:
-        if self._mogrifier is None:  # one cursor for the batch: this runs once per message
-            self._mogrifier = self.conn.cursor()
-        if isinstance(statement, Prepared):
-            if statement.name not in self.prepared:
-                self._mogrifier.execute(statement.prepare)  # session-level: survives our transactions
-                self.prepared.add(statement.name)
-            statement = statement.execute
-        self._writes.append(self._mogrifier.mogrify(statement, params))
-
-    def write_row(self, statement: Rows, row: tuple) -> None:
-        self._rows.setdefault(statement, []).append(row)
-
-    def claim(self, event: Envelope) -> bool:
-        """The idempotency key, for handlers on the query path (the batch path claims its own):
-        True the first time, False for a duplicate; IdempotencyConflict otherwise."""
-        from workers.runtime.processor import DEAD, claim_keys  # the processor builds on this module
-        self.flush()
-        claimed, verdicts = claim_keys(self.conn, self.worker, [(None, event)])
-        if verdicts and verdicts[0].outcome == DEAD:
-            raise verdicts[0].error
-        return bool(claimed)
 
     def emit(self, event_type: str, data: dict, cause: Envelope, user_id: str | None = None) -> Envelope:
         """Queue an outcome event; its id derives from the cause (its id and its sender: ids are
@@ -156,22 +201,12 @@ class Context:
                 self._unsent_outbox.append(event)
 
     def flush(self) -> None:
-        """Send deferred writes and pending outbox rows in as few round trips as possible."""
+        """Send buffered writes and pending outbox rows in one round trip."""
         if self._gathered:
             self._emit_gathered()
-        if self._writes:
-            statements, self._writes = self._writes, []
-            with self.conn.cursor() as cur:
-                cur.execute(b";".join(statements))
-        if self._rows:
-            groups, self._rows = self._rows, {}
-            with self.conn.cursor() as cur:
-                for statement, rows in groups.items():
-                    db.execute_rows(cur, statement.sql, statement.template, rows)
         if self._unsent_outbox:
             events, self._unsent_outbox = self._unsent_outbox, []
-            with self.conn.cursor() as cur:
-                db.execute_rows(cur, "INSERT INTO outbox (id, event_type, body) VALUES %s ON CONFLICT (id) DO NOTHING",
-                                "(%s::uuid, %s, convert_to(%s, 'UTF8'))",
-                                [(e.id, e.event_type, e.to_json().decode()) for e in events])
+            rows = orjson.dumps([(e.id, e.event_type, e.to_json().decode()) for e in events]).decode()
+            self.cursor.execute(_OUTBOX, (rows,))  # no rows back: rides with the buffer
             self.outbox.extend(events)
+        self.cursor.flush()

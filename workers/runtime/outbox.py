@@ -6,6 +6,7 @@ import time
 import pika
 
 from shared import broker
+from workers.runtime import db
 from shared.envelope import DEFAULT_SCHEMA_VERSION, Envelope
 from workers.runtime.publisher import BatchPublisher, Message
 
@@ -25,7 +26,7 @@ def publish_written(conn, publisher: BatchPublisher, exchange: str, events: list
         return
     publisher.publish([message(exchange, e.id, e.event_type, e.to_json(), source) for e in events])
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM outbox WHERE id = ANY(%s::uuid[])", ([e.id for e in events],))
+        cur.execute(f"{db.TIMEOUTS}; DELETE FROM outbox WHERE id = ANY(%s::uuid[])", ([e.id for e in events],))
     conn.commit()
 
 
@@ -34,7 +35,7 @@ def relay(conn, publisher: BatchPublisher, exchange: str, source: str,
     """Publish rows older than `min_age_s` (left by a crash); row locks keep replicas apart."""
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT id::text, event_type, body FROM outbox "
+            cur.execute(f"{db.TIMEOUTS}; SELECT id::text, event_type, body FROM outbox "
                         "WHERE created_at < now() - %s * interval '1 second' "
                         "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED", (min_age_s, limit))
             rows = cur.fetchall()
@@ -51,7 +52,7 @@ def relay(conn, publisher: BatchPublisher, exchange: str, source: str,
 
 def backlog(conn) -> int:
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM outbox")
+        cur.execute(f"{db.TIMEOUTS}; SELECT count(*) FROM outbox")
         count = cur.fetchone()[0]
     conn.commit()
     return count

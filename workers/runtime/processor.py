@@ -1,19 +1,23 @@
 """Turns a batch of deliveries into committed work and one verdict per message (DESIGN §4–5).
 
 Fast path: one transaction for the whole batch (claim every idempotency key in one statement,
-deferred writes in one round trip, one commit). If anything in it fails, roll back and replay
+buffered writes in one round trip, one commit). If anything in it fails, roll back and replay
 the batch one message per transaction, so only the culprit retries or dead-letters.
+
+UnitOfWork is the transaction scope of both this path and the query path (workers/runtime/queries.py).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import Callable
+
+import orjson
 
 from workers.runtime import db, receipts
 from shared import envelope
 from shared.envelope import Envelope
 from shared.errors import IdempotencyConflict, InvalidEvent, PermanentError, UnknownEventType
-from workers.runtime.handler import Context, WorkerSpec
+from workers.runtime.handler import Context, Cursor, WorkerSpec
 
 PROCESSED, DUPLICATE, RETRY, DEAD = "processed", "duplicate", "retry", "dead"
 
@@ -50,20 +54,21 @@ class Verdict:
     reply: dict | None = None          # what the handler returned, for a request–reply caller
 
 
-class BatchProcessor:
-    def __init__(self, spec: WorkerSpec, db_url: str, max_clock_skew_s: int = 300):
-        self.spec = spec
-        self.db_url = db_url
-        self.max_clock_skew_s = max_clock_skew_s
+class UnitOfWork:
+    """One database connection and the one transaction scope run on it: connect, claim the
+    events' idempotency keys, run the handler(s), flush, commit; on failure roll back, and turn
+    a database that cannot be reached into DatabaseUnavailable (the connection is dropped and
+    made again next time). Nothing outlives a transaction on the connection (PgBouncer in
+    transaction mode may hand the next one another server connection)."""
+
+    def __init__(self, spec: WorkerSpec, db_url: str, application_name: str):
+        self.spec, self.db_url, self.application_name = spec, db_url, application_name
         self.conn = None
-        self.prepared: set[str] = set()
-        self._fault = os.environ.get("SPOTTER_FAULT", "")  # test hook: "exit_after_commit"
 
     def connection(self):
         if self.conn is None or self.conn.closed:
             try:
-                self.conn = db.connect(self.db_url, application_name=f"worker-{self.spec.name}")
-                self.prepared = set()
+                self.conn = db.connect(self.db_url, application_name=self.application_name)
             except Exception as exc:
                 raise DatabaseUnavailable(str(exc).strip()) from exc
         return self.conn
@@ -72,6 +77,43 @@ class BatchProcessor:
         if self.conn is not None and not self.conn.closed:
             self.conn.close()
         self.conn = None
+
+    def run(self, items: list[tuple["Delivery | None", Envelope]], work: Callable):
+        """Commit `work(ctx, claimed, verdicts)` with the keys of `items` claimed first; returns
+        (claimed, verdicts of the duplicates and conflicts, work's answer, outbox events written)."""
+        conn = self.connection()
+        ctx = Context(conn, self.spec.name, Cursor(conn, self.spec.batched))
+        try:
+            ctx.cursor.defer(db.TIMEOUTS.encode())  # rides along with the first round trip
+            claimed, verdicts = claim_keys(ctx.cursor, self.spec.name, items) if items else ([], [])
+            result = work(ctx, claimed, verdicts)
+            ctx.flush()
+            conn.commit()
+        except BaseException as exc:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except Exception:
+                    pass
+            if db.is_unreachable(exc, conn):
+                self.close()
+                raise DatabaseUnavailable(str(exc).strip()) from exc
+            raise
+        return claimed, verdicts, result, ctx.outbox
+
+
+class BatchProcessor:
+    def __init__(self, spec: WorkerSpec, db_url: str, max_clock_skew_s: int = 300):
+        self.spec = spec
+        self.db_url = db_url
+        self.max_clock_skew_s = max_clock_skew_s
+        self.unit = UnitOfWork(spec, db_url, f"worker-{spec.name}")
+
+    def connection(self):
+        return self.unit.connection()
+
+    def close(self) -> None:
+        self.unit.close()
 
     def parse(self, d: Delivery) -> Envelope | PermanentError:
         """The delivery's validated envelope, or why it can never be processed. Thread-safe: the
@@ -126,55 +168,23 @@ class BatchProcessor:
         """Commit the rejections of a batch's dead letters and their `event.rejected` outbox rows
         in one small transaction of their own (workers/runtime/receipts.py); returns the events to publish.
         DatabaseUnavailable when the database cannot be reached: the caller holds the batch."""
-        conn = self.connection()
-        try:
-            written = receipts.record(conn, self.spec.name, rejections)
-            conn.commit()
-        except BaseException as exc:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except Exception:
-                    pass
-            if db.is_unreachable(exc, conn):
-                self.close()
-                raise DatabaseUnavailable(str(exc).strip()) from exc
-            raise
+        _, _, written, _ = self.unit.run([], lambda ctx, *_: receipts.record(ctx.cursor, self.spec.name, rejections))
         return written
 
     def _transaction(self, items: list[tuple[Delivery, Envelope]]):
-        conn = self.connection()
-        ctx = Context(conn, self.spec.name, self.prepared)
-        try:
-            claimed, verdicts = claim_keys(conn, self.spec.name, items)
-            replies = [self.spec.handlers[event.event_type](ctx, event) for _, event in claimed]
-            ctx.flush()
-            conn.commit()
-        except BaseException as exc:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except Exception:
-                    pass
-            self.prepared.clear()  # a PREPARE inside the rolled-back transaction is undone too
-            if not conn.closed:
-                with conn.cursor() as cur:
-                    cur.execute("DEALLOCATE ALL")
-                conn.commit()
-            if db.is_unreachable(exc, conn):
-                self.close()
-                raise DatabaseUnavailable(str(exc).strip()) from exc
-            raise
-        if self._fault == "exit_after_commit" and ctx.outbox:
-            os._exit(70)
-        return verdicts + [Verdict(d, PROCESSED, e, reply=r) for (d, e), r in zip(claimed, replies)], ctx.outbox
+        def handle(ctx, claimed, _verdicts):
+            return [self.spec.handlers[event.event_type](ctx, event) for _, event in claimed]
+        claimed, verdicts, replies, outbox = self.unit.run(items, handle)
+        return verdicts + [Verdict(d, PROCESSED, e, reply=r) for (d, e), r in zip(claimed, replies)], outbox
 
 
 _CLAIM = ("INSERT INTO idempotency_keys (consumer, client_generated_id, user_id, event_type, payload_hash) "
-          "VALUES %s ON CONFLICT DO NOTHING RETURNING user_id::text, client_generated_id::text")
+          "SELECT %s, (r->>0)::uuid, (r->>1)::uuid, r->>2, decode(r->>3, 'hex') "
+          "FROM jsonb_array_elements(%s::jsonb) AS r "
+          "ON CONFLICT DO NOTHING RETURNING user_id::text, client_generated_id::text")
 
 
-def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]]):
+def claim_keys(cur: Cursor, consumer: str, items: list[tuple[Delivery | None, Envelope]]):
     """Insert every idempotency key in one statement; the ones already there are duplicates
     (same payload) or conflicts (another payload). Keys are per sender: another user's event
     with the same id is a different event, never a conflict."""
@@ -190,19 +200,18 @@ def claim_keys(conn, consumer: str, items: list[tuple[Delivery | None, Envelope]
         else:
             verdicts.append(Verdict(d, DEAD, e, IdempotencyConflict(
                 f"client_generated_id {e.id} reused with another payload")))
-    with conn.cursor() as cur:
-        rows = db.execute_rows(cur, _CLAIM, "(%s, %s::uuid, %s::uuid, %s, decode(%s, 'hex'))",
-                               [(consumer, e.id, e.user_id, e.event_type, e.payload_hash.hex()) for _, e in unique],
-                               fetch=True)
-        fresh = {(r[0], r[1]) for r in rows}
-        taken = [e for _, e in unique if (e.user_id, e.id) not in fresh]
-        existing = {}
-        if taken:
-            cur.execute("SELECT user_id::text, client_generated_id::text, payload_hash FROM idempotency_keys "
-                        "WHERE consumer = %s AND (user_id, client_generated_id) IN "
-                        "(SELECT * FROM unnest(%s::uuid[], %s::uuid[]))",
-                        (consumer, [e.user_id for e in taken], [e.id for e in taken]))
-            existing = {(r[0], r[1]): bytes(r[2]) for r in cur.fetchall()}
+    # the keys travel as one JSON array: orjson serializes a batch in microseconds
+    cur.execute(_CLAIM, (consumer, orjson.dumps(
+        [(e.id, e.user_id, e.event_type, e.payload_hash.hex()) for _, e in unique]).decode()))
+    fresh = {(r[0], r[1]) for r in cur.fetchall()}
+    taken = [e for _, e in unique if (e.user_id, e.id) not in fresh]
+    existing = {}
+    if taken:
+        cur.execute("SELECT user_id::text, client_generated_id::text, payload_hash FROM idempotency_keys "
+                    "WHERE consumer = %s AND (user_id, client_generated_id) IN "
+                    "(SELECT * FROM unnest(%s::uuid[], %s::uuid[]))",
+                    (consumer, [e.user_id for e in taken], [e.id for e in taken]))
+        existing = {(r[0], r[1]): bytes(r[2]) for r in cur.fetchall()}
     claimed = []
     for d, e in unique:
         key = (e.user_id, e.id)

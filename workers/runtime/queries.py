@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pika
 
@@ -21,9 +22,10 @@ from workers.runtime import db, outbox
 from shared.backoff import Backoff
 from shared.config import Config
 from shared.errors import PermanentError
-from workers.runtime.handler import Context, Refused, Request, WorkerSpec
+from workers.runtime.handler import Refused, Request, WorkerSpec
 from shared.logging import log, write_lines
 from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.processor import DEAD, DatabaseUnavailable, UnitOfWork
 from workers.runtime.publisher import BatchPublisher
 
 MAX_QUERY_BYTES = 16 * 1024
@@ -42,8 +44,7 @@ class QueryServer:
         self.stopping = threading.Event()
         self.publisher = BatchPublisher(config.rabbitmq_url, f"worker-{spec.name}-queries-publisher",
                                         config.heartbeat_s)
-        self._conn = None
-        self._prepared: set[str] = set()
+        self.unit = UnitOfWork(spec, db_url, f"worker-{spec.name}-queries")
         self._thread: threading.Thread | None = None
         self._channel = None  # while consuming: what readiness looks at
 
@@ -62,8 +63,7 @@ class QueryServer:
         if self._thread is not None:
             self._thread.join(timeout)
         self.publisher.close()
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
+        self.unit.close()
 
     # ---- broker loop ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -146,56 +146,29 @@ class QueryServer:
         return Request(name, parsed["user_id"].lower(), parsed["params"])
 
     def _answer(self, request: Request) -> dict:
-        conn = self._connection()
-        ctx = Context(conn, self.spec.name, self._prepared)
-        try:
-            result = self.spec.queries[request.name](ctx, request)
-            ctx.flush()
-            conn.commit()
-        except BaseException as exc:
-            self._rollback(conn)
-            if db.is_unreachable(exc, conn):
-                self._close()
-                raise Unavailable(str(exc).strip()) from exc
-            if db.is_transient(exc):
+        def handle(ctx, _claimed, verdicts):
+            if verdicts and verdicts[0].outcome == DEAD:  # the id reused with another payload
+                raise verdicts[0].error
+            return self.spec.queries[request.name](ctx, replace(request, duplicate=bool(verdicts)))
+
+        try:  # an event sent as a query has its key claimed like any other event
+            *_, result, written = self.unit.run([(None, request.event)] if request.event else [], handle)
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        except Exception as exc:
+            if db.is_transient(exc):  # the caller is waiting: tell them now rather than retry
                 raise Unavailable(str(exc).strip()) from exc
             raise
-        if ctx.outbox:
+        if written:
             try:
-                outbox.publish_written(conn, self.publisher, self.config.exchange, ctx.outbox, self.spec.name)
+                outbox.publish_written(self.unit.connection(), self.publisher, self.config.exchange, written,
+                                       self.spec.name)
             except Exception as exc:  # committed: the consumer's relay publishes them
                 log.warning("outbox publish failed, relay will retry", worker=self.spec.name,
-                            events=len(ctx.outbox), error=f"{type(exc).__name__}: {exc}"[:200])
+                            events=len(written), error=f"{type(exc).__name__}: {exc}"[:200])
         if isinstance(result, Refused):
             raise Refusal(result.error, result.detail)
         return result
-
-    def _connection(self):
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = db.connect(self.db_url, application_name=f"worker-{self.spec.name}-queries")
-            except Exception as exc:
-                raise Unavailable(str(exc).strip()) from exc
-            self._prepared = set()
-        return self._conn
-
-    def _rollback(self, conn) -> None:
-        if conn.closed:
-            return
-        try:
-            conn.rollback()
-            if self._prepared:  # a PREPARE inside the rolled-back transaction is undone too
-                self._prepared.clear()
-                with conn.cursor() as cur:
-                    cur.execute("DEALLOCATE ALL")
-                conn.commit()
-        except Exception:
-            self._close()
-
-    def _close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
 
 
 class Refusal(Exception):

@@ -20,7 +20,6 @@ import uuid
 import orjson
 
 from shared import contracts, strictjson
-from workers.runtime import db
 from shared.envelope import Envelope, canonical_id, new_event, rfc3339
 from workers.runtime.handler import Context, Request, WorkerSpec
 
@@ -77,11 +76,14 @@ def rejection(event: Envelope | None, body: bytes, fallback_type: str | None, re
     return Rejection(user_id, event_id, event_type, reason, field, detail)
 
 
+# rows as one JSON array of [consumer, user_id, client_generated_id, event_type, reason, field, detail]
 _UPSERT = ("INSERT INTO rejections (consumer, user_id, client_generated_id, event_type, reason, field, detail) "
-           "VALUES %s ON CONFLICT (consumer, user_id, client_generated_id) DO UPDATE SET "
+           "SELECT r->>0, (r->>1)::uuid, (r->>2)::uuid, r->>3, r->>4, r->>5, r->>6 "
+           "FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (consumer, user_id, client_generated_id) DO UPDATE SET "
            "event_type = EXCLUDED.event_type, reason = EXCLUDED.reason, field = EXCLUDED.field, "
            "detail = EXCLUDED.detail, rejected_at = now()")
-_OUTBOX = "INSERT INTO outbox (id, event_type, body) VALUES %s ON CONFLICT (id) DO NOTHING"
+_OUTBOX = ("INSERT INTO outbox (id, event_type, body) SELECT (r->>0)::uuid, r->>1, convert_to(r->>2, 'UTF8') "
+           "FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (id) DO NOTHING")
 
 
 def tells_sender(event_type: str) -> bool:
@@ -107,18 +109,15 @@ def rejected_event(worker: str, r: Rejection) -> Envelope:
     return event
 
 
-def record(conn, worker: str, rejections: list[Rejection]) -> list[Envelope]:
-    """Upsert the rows and write their `event.rejected` outbox rows in one transaction (the
-    caller commits). Returns the outcome events, to publish after commit."""
+def record(cur, worker: str, rejections: list[Rejection]) -> list[Envelope]:
+    """Upsert the rows and write their `event.rejected` outbox rows on `cur`, in the caller's
+    transaction (the caller commits). Returns the outcome events, to publish after commit."""
     latest = {(r.user_id, r.client_generated_id): r for r in rejections}  # one row per key per statement
     events = [rejected_event(worker, r) for r in latest.values() if tells_sender(r.event_type)]
-    with conn.cursor() as cur:
-        db.execute_rows(cur, _UPSERT, "(%s, %s::uuid, %s::uuid, %s, %s, %s, %s)",
-                        [(worker, r.user_id, r.client_generated_id, r.event_type, r.reason, r.field, r.detail)
-                         for r in latest.values()])
-        if events:
-            db.execute_rows(cur, _OUTBOX, "(%s::uuid, %s, convert_to(%s, 'UTF8'))",
-                            [(e.id, e.event_type, e.to_json().decode()) for e in events])
+    cur.execute(_UPSERT, (orjson.dumps([(worker, r.user_id, r.client_generated_id, r.event_type, r.reason,
+                                          r.field, r.detail) for r in latest.values()]).decode(),))
+    if events:
+        cur.execute(_OUTBOX, (orjson.dumps([(e.id, e.event_type, e.to_json().decode()) for e in events]).decode(),))
     return events
 
 
@@ -139,7 +138,7 @@ def answer(ctx: Context, request: Request) -> dict:
     payload (idempotency_conflict): the event under that id did take effect; the refused re-send
     reached the sender's inbox as event.rejected."""
     ids = list(dict.fromkeys(canonical_id(i) for i in request.params["ids"]))
-    with ctx.cur as cur:
+    with ctx.cursor as cur:
         cur.execute(_APPLIED, (ctx.worker, request.user_id, ids))
         applied = {i: (t, at) for i, t, at in cur.fetchall()}
         cur.execute(_REJECTED, (ctx.worker, request.user_id, ids))

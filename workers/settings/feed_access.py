@@ -62,8 +62,8 @@ def hash_budget() -> access_limits.HashBudget:
 
 def update_visibility(ctx: Context, request: Request) -> dict:
     event, owner = request.event, request.user_id
-    cur = ctx.cur
-    if not ctx.claim(event):  # sent again (the answer was lost): answer with what stands
+    cur = ctx.cursor
+    if request.duplicate:  # sent again (the answer was lost): answer with what stands
         return {**_current(cur, owner), "duplicate": True}
     lim = limits()
     changes, retry_after = access_limits.count(cur, "visibility", owner, lim.changes_window_s)
@@ -93,7 +93,7 @@ def _current(cur, owner: str) -> dict:
 def attempt_access(ctx: Context, request: Request) -> dict | Refused:
     viewer, owner = request.user_id, str(uuid.UUID(request.params["feed_owner_id"]))
     lim = limits()
-    cur = ctx.cur
+    cur = ctx.cursor
     # every limit is checked before any hash: a slow hash on demand is a CPU weapon
     cur.execute(COUNT_ATTEMPT, {"viewer": viewer, "owner": owner, "window": lim.window_s})
     attempts, retry_after = cur.fetchone()

@@ -4,46 +4,57 @@ from __future__ import annotations
 import orjson
 
 from shared.envelope import Envelope
-from workers.runtime.handler import Context, Prepared, Rows, WorkerSpec
+from workers.runtime.handler import Context, WorkerSpec
 from workers.settings import feed_access
 
 # The row keeps the version ("<timestamp>/<id>") of the event it holds; an older one never lands.
-# A batch may hold several events of one user: DISTINCT ON keeps its newest.
-UPSERT_USER_SETTINGS = Rows("""
-INSERT INTO user_settings (user_id, weight_value, weight_unit, age, training_days_per_week,
-                           data, event_id, event_timestamp, version)
-SELECT DISTINCT ON (user_id) * FROM (VALUES %s) AS v (user_id, weight_value, weight_unit, age,
-    training_days_per_week, data, event_id, event_timestamp, version)
-ORDER BY user_id, version COLLATE "C" DESC
+_COLUMNS = ("user_id, weight_value, weight_unit, age, training_days_per_week, data, event_id, event_timestamp, "
+            "version")
+_NEWEST_WINS = """
 ON CONFLICT (user_id) DO UPDATE SET
     weight_value = EXCLUDED.weight_value, weight_unit = EXCLUDED.weight_unit, age = EXCLUDED.age,
     training_days_per_week = EXCLUDED.training_days_per_week, data = EXCLUDED.data,
     event_id = EXCLUDED.event_id, event_timestamp = EXCLUDED.event_timestamp,
     version = EXCLUDED.version, updated_at = now()
 WHERE user_settings.version < EXCLUDED.version
-""", template="(%s::uuid, %s::numeric, %s, %s::smallint, %s::smallint, %s::jsonb, %s::uuid, %s::timestamptz, %s)")
+"""
+UPSERT_USER_SETTINGS = f"""
+INSERT INTO user_settings ({_COLUMNS})
+VALUES (%s::uuid, %s::numeric, %s, %s::smallint, %s::smallint, %s::jsonb, %s::uuid, %s::timestamptz, %s)
+{_NEWEST_WINS}"""
+# The same for a whole round trip's rows (WORKER.batched): newest wins in any order, and
+# DISTINCT ON keeps a user's newest when the batch holds several of their events.
+UPSERT_USER_SETTINGS_ROWS = f"""
+INSERT INTO user_settings ({_COLUMNS})
+SELECT DISTINCT ON (user_id) * FROM (
+    SELECT (r->>0)::uuid, (r->>1)::numeric, r->>2, (r->>3)::smallint, (r->>4)::smallint, (r->>5)::jsonb,
+           (r->>6)::uuid, (r->>7)::timestamptz, r->>8 FROM jsonb_array_elements(%s::jsonb) AS r
+) AS v ({_COLUMNS})
+ORDER BY user_id, version COLLATE "C" DESC
+{_NEWEST_WINS}"""
 
 # A patch: each key keeps the version of the event that last set it (see migrations/settings).
-MERGE_APP_SETTINGS = Prepared("merge_app_settings", ("uuid", "jsonb", "text"), """
+MERGE_APP_SETTINGS = """
 INSERT INTO app_settings (user_id, settings, versions)
-VALUES ($1, $2, merge_versions('{}', $2, $3))
+VALUES (%(user)s::uuid, %(settings)s::jsonb, merge_versions('{}', %(settings)s::jsonb, %(version)s::text))
 ON CONFLICT (user_id) DO UPDATE SET
-    settings = merge_newer(app_settings.settings, app_settings.versions, EXCLUDED.settings, $3),
-    versions = merge_versions(app_settings.versions, EXCLUDED.settings, $3),
+    settings = merge_newer(app_settings.settings, app_settings.versions, EXCLUDED.settings, %(version)s::text),
+    versions = merge_versions(app_settings.versions, EXCLUDED.settings, %(version)s::text),
     updated_at = now()
-""")
+"""
 
 
 def submit_user_settings(ctx: Context, event: Envelope) -> None:
     data = event.data
-    ctx.write_row(UPSERT_USER_SETTINGS, (
+    ctx.cursor.execute(UPSERT_USER_SETTINGS, (
         event.user_id, data["weight"]["value"], data["weight"]["unit"], data["age"],
         data["training_days_per_week"], orjson.dumps(data).decode(), event.id, event.timestamp,
         event.version_key))
 
 
 def update_app_settings(ctx: Context, event: Envelope) -> None:
-    ctx.write(MERGE_APP_SETTINGS, (event.user_id, orjson.dumps(event.data).decode(), event.version_key))
+    ctx.cursor.execute(MERGE_APP_SETTINGS, {"user": event.user_id, "settings": orjson.dumps(event.data).decode(),
+                                            "version": event.version_key})
 
 
 HANDLERS = {
@@ -58,4 +69,5 @@ QUERIES = {
 }
 
 WORKER = WorkerSpec(name="settings", database="settings", handlers=HANDLERS, queries=QUERIES,
-                    startup=feed_access.check_keys, description="user and app settings, feed access")
+                    startup=feed_access.check_keys, description="user and app settings, feed access",
+                    batched={UPSERT_USER_SETTINGS: UPSERT_USER_SETTINGS_ROWS})

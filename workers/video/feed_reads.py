@@ -13,29 +13,48 @@ import uuid
 
 from shared.envelope import rfc3339
 from shared.errors import Forbidden, NotFound, Unauthorized
-from shared.feedtokens import FeedTokenConfig, Verifier
-from workers.runtime.handler import Context, Request, Rows
+from shared.feedtokens import FeedTokenConfig, FeedTokenVerifier
+from workers.runtime.handler import Context, Request
 from shared.paging import page
 from workers.runtime.storage import process_storage
 
 # Newest passcode_version wins: the settings worker bumps it with every accepted change.
-UPSERT_VISIBILITY = Rows("""
-INSERT INTO feed_visibility AS f (owner_id, mode, passcode_version)
-SELECT DISTINCT ON (owner_id) * FROM (VALUES %s) AS v (owner_id, mode, passcode_version)
-ORDER BY owner_id, passcode_version DESC
+_VISIBILITY_WINS = """
 ON CONFLICT (owner_id) DO UPDATE SET
     mode = EXCLUDED.mode, passcode_version = EXCLUDED.passcode_version, updated_at = now()
 WHERE f.passcode_version < EXCLUDED.passcode_version
-""", template="(%s::uuid, %s, %s::integer)")
+"""
+UPSERT_VISIBILITY = f"""
+INSERT INTO feed_visibility AS f (owner_id, mode, passcode_version) VALUES (%s::uuid, %s, %s::integer)
+{_VISIBILITY_WINS}"""
+UPSERT_VISIBILITY_ROWS = f"""
+INSERT INTO feed_visibility AS f (owner_id, mode, passcode_version)
+SELECT DISTINCT ON (owner_id) * FROM (
+    SELECT (r->>0)::uuid, r->>1, (r->>2)::integer FROM jsonb_array_elements(%s::jsonb) AS r
+) AS v (owner_id, mode, passcode_version)
+ORDER BY owner_id, passcode_version DESC
+{_VISIBILITY_WINS}"""
 
-RECORD_GRANT = Rows("""
-INSERT INTO feed_access_grants AS g (viewer_id, owner_id, passcode_version, expires_at)
-SELECT DISTINCT ON (viewer_id, owner_id) * FROM (VALUES %s) AS v (viewer_id, owner_id, passcode_version, expires_at)
-ORDER BY viewer_id, owner_id, passcode_version DESC, expires_at DESC
+_GRANT_WINS = """
 ON CONFLICT (viewer_id, owner_id) DO UPDATE SET
     passcode_version = EXCLUDED.passcode_version, expires_at = EXCLUDED.expires_at
 WHERE (g.passcode_version, g.expires_at) < (EXCLUDED.passcode_version, EXCLUDED.expires_at)
-""", template="(%s::uuid, %s::uuid, %s::integer, %s::timestamptz)")
+"""
+RECORD_GRANT = f"""
+INSERT INTO feed_access_grants AS g (viewer_id, owner_id, passcode_version, expires_at)
+VALUES (%s::uuid, %s::uuid, %s::integer, %s::timestamptz)
+{_GRANT_WINS}"""
+RECORD_GRANT_ROWS = f"""
+INSERT INTO feed_access_grants AS g (viewer_id, owner_id, passcode_version, expires_at)
+SELECT DISTINCT ON (viewer_id, owner_id) * FROM (
+    SELECT (r->>0)::uuid, (r->>1)::uuid, (r->>2)::integer, (r->>3)::timestamptz
+    FROM jsonb_array_elements(%s::jsonb) AS r
+) AS v (viewer_id, owner_id, passcode_version, expires_at)
+ORDER BY viewer_id, owner_id, passcode_version DESC, expires_at DESC
+{_GRANT_WINS}"""
+
+# Both are newest-wins upserts: a round trip's rows go as one statement (WorkerSpec.batched).
+BATCHED = {UPSERT_VISIBILITY: UPSERT_VISIBILITY_ROWS, RECORD_GRANT: RECORD_GRANT_ROWS}
 
 FEED_MODE = "SELECT mode, passcode_version FROM feed_visibility WHERE owner_id = %s"
 
@@ -90,8 +109,8 @@ MAX_REPLIES_PER_PAGE = 2000
 
 
 @functools.cache
-def verifier() -> Verifier:
-    return Verifier(FeedTokenConfig.from_env())
+def verifier() -> FeedTokenVerifier:
+    return FeedTokenVerifier(FeedTokenConfig.from_env())
 
 
 def check_keys() -> None:
@@ -134,13 +153,13 @@ def can_view(cur, viewer: str, owner: str) -> bool:
 
 def record_visibility(ctx: Context, event) -> None:
     data = event.data
-    ctx.write_row(UPSERT_VISIBILITY, (data["owner_id"], data["mode"], data["passcode_version"]))
+    ctx.cursor.execute(UPSERT_VISIBILITY, (data["owner_id"], data["mode"], data["passcode_version"]))
 
 
 def record_grant(ctx: Context, event) -> None:
     data = event.data
-    ctx.write_row(RECORD_GRANT, (data["viewer_id"], data["feed_owner_id"], data["passcode_version"],
-                                 data["expires_at"]))
+    ctx.cursor.execute(RECORD_GRANT, (data["viewer_id"], data["feed_owner_id"], data["passcode_version"],
+                                      data["expires_at"]))
 
 
 # ---- pages ----------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def record_grant(ctx: Context, event) -> None:
 def read_feed(ctx: Context, request: Request) -> dict:
     params = request.params
     owner = str(uuid.UUID(params["owner_id"]))
-    cur = ctx.cur
+    cur = ctx.cursor
     check_feed_access(cur, request.user_id, owner, params.get("access_token"))
     rows, next_cursor = page(cur, FEED_PAGE, AFTER_POST, {"owner": owner}, params)
     storage = process_storage()
@@ -168,7 +187,7 @@ def read_feed(ctx: Context, request: Request) -> dict:
 def read_comments(ctx: Context, request: Request) -> dict:
     params = request.params
     post_id = str(uuid.UUID(params["post_id"]))
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(POST_OWNER, (post_id,))
     row = cur.fetchone()
     if row is None:

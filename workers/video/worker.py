@@ -38,7 +38,7 @@ def request_upload(ctx: Context, event: Envelope) -> dict:
         raise InvalidEvent(f"size_bytes {data['size_bytes']} is over the upload limit of "
                            f"{storage.cfg.max_upload_bytes} bytes", field="data.size_bytes")
     key = source_key(event.user_id, video_id)
-    cur = ctx.cur
+    cur = ctx.cursor
     # a re-request by the owner before the upload completes refreshes the row and gets a new form
     cur.execute(REQUEST_UPLOAD, {"video_id": video_id, "owner": event.user_id, "key": key,
                                  "filename": data["filename"], "content_type": data["content_type"],
@@ -59,7 +59,7 @@ def request_upload(ctx: Context, event: Envelope) -> dict:
 
 def verify_upload(ctx: Context, event: Envelope) -> None:
     video_id = canonical_id(event.data["video_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     # locked until commit: a second completion or a re-request waits and then sees our verdict
     status, key, declared_type, _ = _locked_video(cur, video_id, event.user_id)
     if status != "pending_upload":
@@ -84,7 +84,7 @@ def verify_upload(ctx: Context, event: Envelope) -> None:
 def read_upload(ctx: Context, request: Request) -> dict:
     """The caller's own video (before /complete is queued); another user's reads as missing."""
     video_id = canonical_id(request.params["video_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute("SELECT status FROM videos WHERE video_id = %s AND owner_id = %s", (video_id, request.user_id))
     row = cur.fetchone()
     if row is None:
@@ -123,7 +123,7 @@ def _locked_video(cur, video_id: str, user_id: str) -> tuple:
 def publish_video(ctx: Context, event: Envelope) -> None:
     data = event.data
     video_id = canonical_id(data["video_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     status, _, _, caption = _locked_video(cur, video_id, event.user_id)
     if status in ("ready", "failed"):
         return  # settled before
@@ -145,7 +145,7 @@ def publish_video(ctx: Context, event: Envelope) -> None:
 
 def fail_video(ctx: Context, event: Envelope) -> None:
     video_id = canonical_id(event.data["video_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     status, *_ = _locked_video(cur, video_id, event.user_id)
     # a post that exists stays; a failed video keeps its first reason (our own media.failed comes back here)
     if status in ("ready", "failed"):
@@ -160,7 +160,7 @@ def create_comment(ctx: Context, event: Envelope) -> None:
     data = event.data
     comment_id, post_id = canonical_id(data["comment_id"]), canonical_id(data["post_id"])
     parent_id = canonical_id(data["parent_comment_id"]) if data.get("parent_comment_id") else None
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(POST_AND_PARENT, (parent_id, post_id))
     row = cur.fetchone()
     if row is None:
@@ -186,7 +186,7 @@ def create_comment(ctx: Context, event: Envelope) -> None:
 
 def delete_comment(ctx: Context, event: Envelope) -> None:
     comment_id = canonical_id(event.data["comment_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     # one statement decides: of two concurrent deletes only one sees deleted_at IS NULL
     cur.execute(DELETE_COMMENT, (comment_id, event.user_id))
     if cur.fetchone() is not None:
@@ -202,7 +202,7 @@ def delete_comment(ctx: Context, event: Envelope) -> None:
 
 def like_target(ctx: Context, event: Envelope) -> None:
     target_type, target_id = event.data["target_type"], canonical_id(event.data["target_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     cur.execute(TARGET_OWNER[target_type], (target_id,))
     row = cur.fetchone()
     if row is None:
@@ -215,7 +215,7 @@ def like_target(ctx: Context, event: Envelope) -> None:
 
 def unlike_target(ctx: Context, event: Envelope) -> None:
     target_type, target_id = event.data["target_type"], canonical_id(event.data["target_id"])
-    cur = ctx.cur
+    cur = ctx.cursor
     # the counter moves only if a like was really removed
     cur.execute(UNLIKE[target_type], (event.user_id, target_id))
     if cur.fetchone() is not None:
@@ -247,4 +247,5 @@ QUERIES = {
 }
 
 WORKER = WorkerSpec(name="video", database="video", handlers=HANDLERS, queries=QUERIES,
-                    startup=feed_reads.check_keys, description="uploads, feed posts, comments and likes, feed reads")
+                    startup=feed_reads.check_keys, description="uploads, feed posts, comments and likes, feed reads",
+                    batched=feed_reads.BATCHED)
