@@ -8,17 +8,14 @@ import pytest
 
 from shared.config import Config
 from workers.runtime.consumer import Consumer
-from shared.errors import Forbidden, TransientError
+from shared.errors import TransientError
 from workers.runtime.handler import WorkerSpec
 from tests.support.db import query
 from tests.support.events import dumps, event
+from tests.support.probe import picky, probe_rows, queue_has_consumer, record, wait_consuming
 from tests.support.rabbit import wait_for
 
 calls: dict[str, int] = {}
-
-
-def record(ctx, e):
-    ctx.cursor.execute("INSERT INTO probe (event_id, age) VALUES (%s, %s)", (e.id, e.data["age"]))
 
 
 def flaky(ctx, e):
@@ -32,12 +29,6 @@ def flaky(ctx, e):
 def always_failing(ctx, e):
     calls[e.id] = calls.get(e.id, 0) + 1
     raise TransientError("still down")
-
-
-def picky(ctx, e):
-    if e.data["age"] == 66:
-        raise Forbidden("age 66 is someone else's")
-    record(ctx, e)
 
 
 @pytest.fixture
@@ -59,22 +50,6 @@ def run_consumer(vhost, settings_db):
     for consumer, thread in started:
         consumer.stop()
         thread.join(30)
-
-
-def probe_rows(db):
-    return query(db, "SELECT count(*) FROM probe")[0][0]
-
-
-def wait_consuming(rmq):
-    wait_for(lambda: _queue_has_consumer(rmq), message="consumer attached")
-
-
-def _queue_has_consumer(rmq):
-    try:
-        return rmq.channel.queue_declare("probe", passive=True).method.consumer_count > 0
-    except Exception:
-        rmq.channel = rmq.connection.channel()
-        return False
 
 
 def test_transient_failure_is_retried_with_delay_until_it_works(run_consumer, rmq, settings_db):
@@ -108,7 +83,7 @@ def test_one_bad_message_fails_alone_in_its_batch(run_consumer, rmq, settings_db
     consumer = run_consumer(picky)
     wait_consuming(rmq)
     consumer.stop()  # collect a backlog first, so they arrive as one batch
-    wait_for(lambda: not _queue_has_consumer(rmq), message="consumer detached")
+    wait_for(lambda: not queue_has_consumer(rmq), message="consumer detached")
     for e in events:
         rmq.publish("app.events", "user.settings.submitted", dumps(e))
     run_consumer(picky)

@@ -1,19 +1,13 @@
 """The outbox survives a crash between commit and publish."""
 from __future__ import annotations
 
-import sys
 import time
 
 from shared.envelope import outcome_id
 from tests.support.db import query
 from tests.support.events import dumps, event
-from tests.support.processes import Process
+from tests.support.probe import start_probe
 from tests.support.rabbit import wait_for
-
-
-def start_probe(env, db, **extra):
-    return Process([sys.executable, "-m", "tests.support.probe_worker"],
-                   {**env, "DATABASE_URL": db, **extra})
 
 
 def test_crash_between_commit_and_outbox_publish_still_publishes_once(base_env, settings_db, rmq):

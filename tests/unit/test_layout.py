@@ -77,3 +77,17 @@ def test_no_import_cycle():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+def test_no_test_module_imports_another():
+    """Helpers live in tests/support and fixtures in conftest.py: a test module is never a library."""
+    offenders = []
+    for path in (REPO / "tests").rglob("test_*.py"):
+        if "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                last = node.module.split(".")[-1]
+                if last.startswith("test_") or last == "conftest":
+                    offenders.append(f"{path.relative_to(REPO)}: from {node.module}")
+    assert offenders == []

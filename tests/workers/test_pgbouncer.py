@@ -15,13 +15,15 @@ from shared.config import Config
 from workers.runtime.consumer import Consumer
 from shared.envelope import outcome_id
 from workers.runtime.handler import WorkerSpec
-from tests.conftest import query
-from tests.shared.test_consumer import _queue_has_consumer, picky, probe_rows, wait_consuming
-from tests.shared.test_outbox import start_probe
 from tests.support import pgbouncer
+from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
+from tests.support.probe import consuming, picky, probe_rows, queue_has_consumer, start_probe, wait_consuming
 from tests.support.rabbit import wait_for
-from tests.workers.test_settings import consuming, rows
+
+
+def rows(db, sql="SELECT count(*) FROM user_settings") -> int:
+    return query(db, sql)[0][0]
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +73,7 @@ def test_one_bad_message_replays_alone_through_pgbouncer(vhost, rmq, probe_db, b
         first = run()
         wait_consuming(rmq)
         first.stop()  # collect a backlog first, so they arrive as one batch
-        wait_for(lambda: not _queue_has_consumer(rmq), message="consumer detached")
+        wait_for(lambda: not queue_has_consumer(rmq), message="consumer detached")
         events = [event(data={"weight": {"value": 80, "unit": "kg"}, "age": a, "training_days_per_week": 3})
                   for a in [20, 21, 66, 22, 23, 120]]
         for e in events:

@@ -11,11 +11,8 @@ import orjson
 from tests.support.db import query
 from tests.support.events import SEED_DATA, SEED_USER, dumps, event, rfc3339, seed_event
 from tests.support.processes import run_cli
+from tests.support.probe import consuming
 from tests.support.rabbit import wait_for
-
-
-def consuming(proc):
-    wait_for(lambda: any(l.get("msg") == "consuming" for l in proc.logs()), message="worker consuming")
 
 
 def rows(db, sql="SELECT count(*) FROM user_settings"):

@@ -93,8 +93,8 @@ class UnitOfWork:
             if not conn.closed:
                 try:
                     conn.rollback()
-                except Exception:
-                    pass
+                except Exception:  # a connection that cannot roll back is broken: start afresh
+                    self.close()
             if db.is_unreachable(exc, conn):
                 self.close()
                 raise DatabaseUnavailable(str(exc).strip()) from exc

@@ -99,8 +99,8 @@ class QueryServer:
             if connection.is_open:
                 try:
                     connection.close()
-                except Exception:
-                    pass
+                except Exception as exc:  # closing a dying connection: nothing left to save
+                    log.info("query connection closed uncleanly", worker=self.spec.name, error=type(exc).__name__)
 
     def _on_message(self, channel, method, properties, body) -> None:
         started = time.perf_counter()
