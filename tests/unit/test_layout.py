@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,12 @@ def test_no_test_module_imports_another():
                 if last.startswith("test_") or last == "conftest":
                     offenders.append(f"{path.relative_to(REPO)}: from {node.module}")
     assert offenders == []
+
+
+def test_every_worker_and_operator_tool_imports():
+    """What `workers run <name>` and the operator commands load, imported for real."""
+    from workers import WORKERS, load
+    for name in WORKERS:
+        assert load(name).name == name
+    for tool in ("cli", "podhealth", "devstack", "devpage", "preflight", "deadletters", "migrate", "management"):
+        importlib.import_module(f"workers.ops.{tool}")

@@ -12,7 +12,8 @@ from shared.envelope import Envelope, canonical_id, outcome_id, rfc3339
 from shared.errors import Forbidden, InvalidEvent, NotFound, PermanentError
 from workers.runtime.handler import Context, Request, WorkerSpec
 from shared.logging import log
-from workers.runtime.storage import MB, process_storage
+from shared.config import MB
+from workers.runtime.storage import process_storage
 from workers.video import feed_reads
 from workers.video.feed_reads import can_view
 from workers.video.sql import (COMMENT_AUTHOR, CREATE_POST, DELETE_COMMENT, INSERT_COMMENT, LIKE, LOCK_VIDEO,
