@@ -42,15 +42,14 @@ class Delivery:
         return int(headers.get("x-attempts", 0)) + 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
+    """What trying a message came to; what then becomes of it is workers/runtime/decision.py's."""
+
     delivery: Delivery
     outcome: str
     event: Envelope | None = None
     error: BaseException | None = None
-    reason: str | None = None          # why it was dead-lettered
-    detail: str | None = None          # what its sender may read about why (errors.public_detail)
-    retry_in_s: int | None = None      # which delay queue it went to
     reply: dict | None = None          # what the handler returned, for a request–reply caller
 
 
