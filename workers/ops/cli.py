@@ -107,11 +107,15 @@ def _domains(names, all_):
 @click.option("--rollback", is_flag=True, help="Roll back instead of applying.")
 @click.option("--count", default=1, show_default=True, help="With --rollback: how many migrations (0 = all).")
 @click.option("--create/--no-create", default=False, help="Create missing databases first (development).")
-def migrate(databases, all_, rollback, count, create) -> None:
+@click.option("--status", "show_status", is_flag=True,
+              help="List applied and pending migrations; exit 1 if any is pending or a database cannot be read.")
+def migrate(databases, all_, rollback, count, create, show_status) -> None:
     """Apply (or roll back) yoyo migrations: settings, video, … or --all."""
     from workers.ops import migrate as m
     from shared.config import database_url
 
+    if show_status:
+        sys.exit(_migration_status(m, database_url, databases, all_))
     for domain in _domains(databases, all_):
         url = database_url(domain, allow_plain=len(databases) == 1)
         if create and m.ensure_database(url):
@@ -120,6 +124,26 @@ def migrate(databases, all_, rollback, count, create) -> None:
             click.echo(f"{domain}: rolled back {m.rollback(domain, url, count)} migration(s)")
         else:
             click.echo(f"{domain}: applied {m.apply(domain, url)} migration(s)")
+
+
+def _migration_status(m, database_url, databases, all_) -> int:
+    """One block per database (applied, then pending, in order); 1 when anything is pending or unreadable."""
+    behind = False
+    for domain in _domains(databases, all_):
+        url = database_url(domain, allow_plain=len(databases) == 1)
+        try:
+            listed = m.status(domain, url)
+        except Exception as exc:  # unreachable, missing database: a deploy pipeline must stop here
+            from workers.ops.podhealth import redact  # no credentials of a URL in the output
+            click.echo(f"{domain}: cannot read its migrations: {type(exc).__name__}: {redact(exc)[:200]}")
+            behind = True
+            continue
+        waiting = [i for i, applied in listed if not applied]
+        click.echo(f"{domain}: {len(listed) - len(waiting)} applied, {len(waiting)} pending")
+        for migration_id, applied in listed:
+            click.echo(f"  {'applied' if applied else 'pending'}  {migration_id}")
+        behind = behind or bool(waiting)
+    return 1 if behind else 0
 
 
 @main.command()

@@ -63,6 +63,14 @@ def rollback(domain: str, url: str | None = None, count: int = 1) -> int:
     return len(chosen)
 
 
+def status(domain: str, url: str | None = None) -> list[tuple[str, bool]]:
+    """Every migration of this database in order, with whether it is applied (`migrate version`)."""
+    backend = get_backend(_yoyo_url(url or database_url(domain)))
+    migrations = _migrations(domain)
+    waiting = {m.id for m in backend.to_apply(migrations)}
+    return [(m.id, m.id not in waiting) for m in migrations]
+
+
 def pending(domain: str, url: str | None = None) -> list[str]:
     backend = get_backend(_yoyo_url(url or database_url(domain)))
     return [m.id for m in backend.to_apply(_migrations(domain))]
