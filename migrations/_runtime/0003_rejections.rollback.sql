@@ -1,1 +1,2 @@
+-- loses: every rejection receipt (rejected events then read back as pending)
 DROP TABLE rejections;

@@ -1,2 +1,3 @@
+-- loses: every prompt and answer
 DROP TABLE responses;
 DROP TABLE prompts;

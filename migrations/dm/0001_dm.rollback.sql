@@ -1,3 +1,4 @@
+-- loses: every conversation, participant and message
 DROP TABLE messages;
 DROP TABLE participants;
 DROP TABLE conversations;

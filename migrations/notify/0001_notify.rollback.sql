@@ -1,2 +1,3 @@
+-- loses: every inbox and its items
 DROP TABLE inbox_items;
 DROP TABLE inboxes;

@@ -1,3 +1,4 @@
+-- loses: every video, feed post, comment, like and media metadata row
 DROP TABLE likes;
 DROP TABLE comments;
 DROP TABLE feed_posts;

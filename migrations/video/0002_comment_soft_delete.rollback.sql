@@ -1,3 +1,4 @@
+-- loses: the deletion times of deleted comments; their bodies become '[deleted]'
 ALTER TABLE comments DROP CONSTRAINT comments_body_check;
 -- the old check wants a non-empty body; the erased text is not coming back
 UPDATE comments SET body = '[deleted]' WHERE deleted_at IS NOT NULL;
