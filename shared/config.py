@@ -1,7 +1,10 @@
-"""Configuration, read once from the environment into frozen objects: the one module that reads it.
+"""Configuration, read once from the environment into frozen objects.
 
-Outside it only gunicorn's own settings (ingress/gunicorn_conf.py), the secrets check that runs before
-anything starts (shared/secrets.py) and the dev tools read the environment."""
+Everything the ingress and the runtime read is here. Besides this module, only these read the
+environment: gunicorn's own settings (ingress/gunicorn_conf.py), the secrets check that runs before
+anything starts (shared/secrets.py), the operator and dev tools (workers/ops/), and the limits a
+single domain owns, each in one `from_env` beside its use (notify InboxLimits, settings AccessLimits,
+transcode Limits and its sandbox user)."""
 from __future__ import annotations
 
 import os
