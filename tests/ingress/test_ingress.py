@@ -33,13 +33,6 @@ MAX_EVENTS = 20
 
 # ---- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def broker_url():
-    name, url = rabbit.create_vhost()
-    yield url
-    rabbit.delete_vhost(name)
-
-
-@pytest.fixture(scope="module")
 def watcher(broker_url):
     """A direct (unproxied) connection holding the durable queue bound to the client event types."""
     client = rabbit.Rabbit(broker_url)

@@ -69,13 +69,6 @@ broken_app = _PatchedApp(_publish_path_bug)
 
 # ---- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def broker_url():
-    name, url = rabbit.create_vhost()
-    yield url
-    rabbit.delete_vhost(name)
-
-
-@pytest.fixture(scope="module")
 def watcher(broker_url):
     client = rabbit.Rabbit(broker_url)
     client.channel.exchange_declare("app.events", exchange_type="topic", durable=True)

@@ -5,23 +5,15 @@ import time
 
 from shared.envelope import outcome_id
 from tests.support.db import query
-from tests.support.events import dumps, event
-from tests.support.probe import start_probe
+from tests.support.probe import crash_after_commit, start_probe
 from tests.support.rabbit import wait_for
 
 
 def test_crash_between_commit_and_outbox_publish_still_publishes_once(base_env, settings_db, rmq):
     query(settings_db, "CREATE TABLE probe (event_id uuid PRIMARY KEY, age int NOT NULL)")
     outcomes = rmq.tap("app.events", "probe.recorded")
-    crashing = start_probe(base_env, settings_db, PROBE_EXIT_AFTER_COMMIT="1")
-    try:
-        wait_for(lambda: any(l.get("msg") == "consuming" for l in crashing.logs()))
-        e = event()
-        rmq.publish("app.events", "user.settings.submitted", dumps(e))
-        # the process dies right after its commit, before publishing the outcome
-        wait_for(lambda: not crashing.alive(), message="worker crashed after commit")
-    finally:
-        crashing.kill()
+    # the process dies right after its commit, before publishing the outcome
+    e = crash_after_commit(base_env, settings_db, rmq)
     assert query(settings_db, "SELECT count(*) FROM probe")[0][0] == 1
     assert query(settings_db, "SELECT count(*) FROM outbox")[0][0] == 1
     assert rmq.depth(outcomes) == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from tests.support.events import dumps, event
+
 from shared.errors import Forbidden
 from tests.support.db import query
 from tests.support.processes import Process
@@ -44,3 +46,17 @@ def start_probe(env, db, **extra) -> Process:
 
 def consuming(proc) -> None:
     wait_for(lambda: any(line.get("msg") == "consuming" for line in proc.logs()), message="worker consuming")
+
+
+def crash_after_commit(env, db_url: str, rmq) -> dict:
+    """Run the probe worker so it dies right after committing one event (outbox row written, its
+    outcome not yet published); returns that event."""
+    crashing = start_probe(env, db_url, PROBE_EXIT_AFTER_COMMIT="1")
+    try:
+        consuming(crashing)
+        e = event()
+        rmq.publish("app.events", "user.settings.submitted", dumps(e))
+        wait_for(lambda: not crashing.alive(), message="worker crashed after commit")
+    finally:
+        crashing.kill()
+    return e

@@ -18,7 +18,7 @@ from workers.runtime.handler import WorkerSpec
 from tests.support import pgbouncer
 from tests.support.db import query
 from tests.support.events import SEED_DATA, dumps, event
-from tests.support.probe import consuming, picky, probe_rows, queue_has_consumer, start_probe, wait_consuming
+from tests.support.probe import consuming, crash_after_commit, picky, probe_rows, queue_has_consumer, start_probe, wait_consuming
 from tests.support.rabbit import wait_for
 
 
@@ -94,14 +94,7 @@ def test_one_bad_message_replays_alone_through_pgbouncer(vhost, rmq, probe_db, b
 
 def test_outbox_survives_a_crash_through_pgbouncer(base_env, probe_db, rmq, bouncer):
     outcomes = rmq.tap("app.events", "probe.recorded")
-    crashing = start_probe(base_env, bouncer.url(probe_db), PROBE_EXIT_AFTER_COMMIT="1")
-    try:
-        wait_for(lambda: any(l.get("msg") == "consuming" for l in crashing.logs()))
-        e = event()
-        rmq.publish("app.events", "user.settings.submitted", dumps(e))
-        wait_for(lambda: not crashing.alive(), message="worker crashed after commit")
-    finally:
-        crashing.kill()
+    e = crash_after_commit(base_env, bouncer.url(probe_db), rmq)
     assert query(probe_db, "SELECT count(*) FROM outbox")[0][0] == 1
     restarted = start_probe(base_env, bouncer.url(probe_db), OUTBOX_RELAY_MIN_AGE_S="0")
     try:

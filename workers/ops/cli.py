@@ -115,7 +115,7 @@ def migrate(databases, all_, rollback, count, create, show_status) -> None:
     from shared.config import database_url
 
     if show_status:
-        sys.exit(_migration_status(m, database_url, databases, all_))
+        sys.exit(_migration_status(databases, all_))
     for domain in _domains(databases, all_):
         url = database_url(domain, allow_plain=len(databases) == 1)
         if create and m.ensure_database(url):
@@ -126,15 +126,18 @@ def migrate(databases, all_, rollback, count, create, show_status) -> None:
             click.echo(f"{domain}: applied {m.apply(domain, url)} migration(s)")
 
 
-def _migration_status(m, database_url, databases, all_) -> int:
+def _migration_status(databases, all_) -> int:
     """One block per database (applied, then pending, in order); 1 when anything is pending or unreadable."""
+    from shared.config import database_url
+    from workers.ops import migrate as m
+    from workers.ops.podhealth import redact  # no credentials of a URL in the output
+
     behind = False
     for domain in _domains(databases, all_):
         url = database_url(domain, allow_plain=len(databases) == 1)
         try:
             listed = m.status(domain, url)
         except Exception as exc:  # unreachable, missing database: a deploy pipeline must stop here
-            from workers.ops.podhealth import redact  # no credentials of a URL in the output
             click.echo(f"{domain}: cannot read its migrations: {type(exc).__name__}: {redact(exc)[:200]}")
             behind = True
             continue
