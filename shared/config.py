@@ -181,6 +181,18 @@ class FeedTokenConfig:
 
 
 MB = 1024 * 1024
+DEFAULT_S3_REGION = "us-east-1"
+
+
+def spaces_region(endpoint_url: str | None) -> str | None:
+    """The region of a DigitalOcean Spaces endpoint (`https://fra1.digitaloceanspaces.com` -> fra1;
+    also with a bucket in front), None for any other endpoint. SigV4 signs the region into every
+    request and presigned form, so it has to be the endpoint's."""
+    host = urlsplit(endpoint_url or "").hostname or ""
+    labels = host.split(".")
+    if labels[-2:] != ["digitaloceanspaces", "com"] or len(labels) < 3 or labels[-3] == "cdn":
+        return None
+    return labels[-3] or None
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,9 @@ class StorageConfig:
             bucket=os.environ.get("S3_BUCKET", "spotter-media"),
             access_key=os.environ.get("S3_ACCESS_KEY") or None,
             secret_key=os.environ.get("S3_SECRET_KEY") or None,
-            region=os.environ.get("S3_REGION", "us-east-1"),
+            # unset or empty: a Spaces endpoint's own region, else us-east-1
+            region=(os.environ.get("S3_REGION") or spaces_region(os.environ.get("S3_ENDPOINT_URL"))
+                    or DEFAULT_S3_REGION),
             max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", 500 * MB)),
             upload_expiry_s=int(os.environ.get("UPLOAD_URL_EXPIRY_S", 900)),
             download_expiry_s=int(os.environ.get("DOWNLOAD_URL_EXPIRY_S", 900)),

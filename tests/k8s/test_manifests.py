@@ -384,6 +384,17 @@ def test_migration_job_migrates_every_database(objects):
     assert not missing, f"the migration Job lacks {sorted(missing)}"
 
 
+def test_storage_setup_job_configures_the_bucket_with_the_storage_keys_only(objects):
+    jobs = [j for j in of_kind(objects, "Job")
+            if any(argv(c)[:3] == ["workers", "storage", "setup"] for c in j["spec"]["template"]["spec"]["containers"])]
+    assert len(jobs) == 1
+    pod = jobs[0]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert argv(c) == ["workers", "storage", "setup"]  # never --create: a typo in S3_BUCKET must fail, not make a bucket
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    assert set(secret_refs(c)) == {"S3_ACCESS_KEY", "S3_SECRET_KEY"}
+
+
 # ---- secrets -------------------------------------------------------------------------------
 def test_no_secret_is_rendered(objects):
     assert not of_kind(objects, "Secret"), "Secrets are created by operators from k8s/secret.template.yaml"

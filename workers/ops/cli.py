@@ -413,6 +413,39 @@ def status(as_json) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+@main.group()
+def storage() -> None:
+    """The bucket (S3_ENDPOINT_URL, S3_BUCKET): its lifecycle and CORS rules."""
+
+
+@storage.command("setup")
+@click.option("--create", is_flag=True, help="Create the bucket if it is missing (development).")
+@click.option("--abort-multipart-days", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Abort multipart uploads still incomplete this many days after they began.")
+def storage_setup(create, abort_multipart_days) -> None:
+    """Apply the bucket's lifecycle and CORS rules; idempotent (docs/operations.md).
+
+    Run once per bucket and after changing CORS_ALLOWED_ORIGINS. Prints `applied` or `unchanged`
+    per configuration; exits 1 when the store cannot be reached or refuses, 2 when
+    CORS_ALLOWED_ORIGINS is malformed."""
+    from shared.config import StorageConfig
+    from workers.ops import storage_setup as s
+
+    try:
+        origins = s.cors_origins(_config().cors_allowed_origins)
+    except ValueError as exc:
+        click.echo(f"storage setup: {exc}", err=True)
+        sys.exit(2)
+    try:
+        lines = s.setup(StorageConfig.from_env(), origins, abort_multipart_days, create,
+                         region_set=bool(os.environ.get("S3_REGION")))
+    except s.SetupFailed as exc:
+        click.echo(f"storage setup failed: {exc}", err=True)
+        sys.exit(1)
+    for line in lines:
+        click.echo(line)
+
+
 @main.command()
 @click.option("--port", default=None, type=int, help="Ingress port (default PORT or 8080).")
 def dev(port) -> None:
