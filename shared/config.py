@@ -200,7 +200,7 @@ class StorageConfig:
     endpoint_url: str | None
     bucket: str
     access_key: str | None
-    secret_key: str | None
+    secret_key: str | None = field(repr=False)
     region: str = "us-east-1"
     max_upload_bytes: int = 500 * MB
     upload_expiry_s: int = 900

@@ -99,5 +99,5 @@ def test_every_worker_and_operator_tool_imports():
     from workers import WORKERS, load
     for name in WORKERS:
         assert load(name).name == name
-    for tool in ("cli", "podhealth", "devstack", "devpage", "preflight", "deadletters", "migrate", "management"):
+    for tool in ("cli", "podhealth", "devstack", "devpage", "preflight", "deadletters", "migrate", "management", "storage_setup"):
         importlib.import_module(f"workers.ops.{tool}")

@@ -85,6 +85,10 @@ def _start_storage():
         os.environ.update(server.env(os.environ.get("S3_BUCKET", "spotter-media")))
         click.echo(f"local S3 (ministack) on {server.url}, bucket {os.environ['S3_BUCKET']}", err=True)
     Storage(StorageConfig.from_env()).ensure_bucket()
+    if server is not None:  # the local bucket gets the production rules, so browser uploads work here too
+        from shared.config import Config
+        from workers.ops.storage_setup import cors_origins, setup
+        setup(StorageConfig.from_env(), cors_origins(Config.from_env().cors_allowed_origins))
     return server
 
 
