@@ -36,7 +36,7 @@ def database_url(domain: str, allow_plain: bool = True) -> str:
 
 @dataclass(frozen=True)
 class JwtConfig:
-    """Bearer tokens from the auth service: key and pinned algorithm."""
+    """Bearer tokens from the auth service: key (or the JWKS it publishes) and pinned algorithm."""
 
     algorithm: str = "HS256"
     secret: str | None = field(default=None, repr=False)       # HS* shared secret
@@ -46,6 +46,13 @@ class JwtConfig:
     audience: str | None = None
     leeway_s: int = 30
     max_ttl_s: int = 86400  # longest accepted exp - iat (shared/secrets.py DEFAULT_JWT_MAX_TTL_S)
+    # The auth service's published keys instead of one fixed key (ingress/jwks.py): each fetched
+    # set is trusted for jwks_cache_s (and refreshed after half of it), at most one fetch per
+    # jwks_refresh_min_s per process, each given up after jwks_timeout_s.
+    jwks_url: str | None = None
+    jwks_cache_s: float = 600.0
+    jwks_refresh_min_s: float = 10.0
+    jwks_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls) -> "JwtConfig":
@@ -58,6 +65,10 @@ class JwtConfig:
             audience=os.environ.get("JWT_AUDIENCE") or None,
             leeway_s=_int("JWT_LEEWAY_S", 30),
             max_ttl_s=_int("JWT_MAX_TTL_S", cls.max_ttl_s),
+            jwks_url=os.environ.get("JWT_JWKS_URL") or None,
+            jwks_cache_s=_float("JWT_JWKS_CACHE_S", cls.jwks_cache_s),
+            jwks_refresh_min_s=_float("JWT_JWKS_REFRESH_MIN_S", cls.jwks_refresh_min_s),
+            jwks_timeout_s=_float("JWT_JWKS_TIMEOUT_S", cls.jwks_timeout_s),
         )
 
     @property

@@ -1,7 +1,7 @@
 """Start-up refusal of missing, placeholder and weak secrets (README "Security").
 
 Every process checks, before it does anything else, the secrets it uses: the ingress its bearer
-token key, EVENT_ID_KEY and the JWT issuer/audience; each worker its own keys (`PROCESSES`). A
+token key (or JWT_JWKS_URL), EVENT_ID_KEY and the JWT issuer/audience; each worker its own keys (`PROCESSES`). A
 problem is logged as `refusing to start` naming the variable and the fix, never its value, and
 the process exits 2 (like the other start-up refusals, workers/ops/preflight.py).
 
@@ -11,16 +11,19 @@ stand-ins) and, for HMAC keys, must be at least 32 bytes.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from shared.config import JwtConfig
 
 MIN_HMAC_KEY_BYTES = 32   # RFC 7518 §3.2: an HS256 key at least as long as the hash output
 DEFAULT_JWT_MAX_TTL_S = JwtConfig.max_ttl_s
 ISS_AUD_WAIVER = "JWT_ALLOW_MISSING_ISS_AUD"
+JWKS_DURATIONS = ("JWT_JWKS_CACHE_S", "JWT_JWKS_REFRESH_MIN_S", "JWT_JWKS_TIMEOUT_S")
 
 # Whole values (compared case-insensitively, surrounding whitespace and quotes ignored).
 PLACEHOLDERS = frozenset({
@@ -133,9 +136,13 @@ def ingress_problems(env: Mapping[str, str] | None = None) -> list[Problem]:
     if algorithm == "none" or algorithm not in get_default_algorithms():
         problems.append(Problem("JWT_ALGORITHM", "is not a signing algorithm",
                                 "set JWT_ALGORITHM to the auth service's algorithm (HS256, RS256, ES256, EdDSA)"))
-    key = "JWT_SECRET" if _hs(env) else "JWT_PUBLIC_KEY"
-    problems += check_secrets(["JWT_SECRET", "JWT_PUBLIC_KEY", "EVENT_ID_KEY"], required=[key, "EVENT_ID_KEY"],
-                              env=env)
+    if (env.get("JWT_JWKS_URL") or "").strip():
+        problems += jwks_problems(env)
+        key = None  # the keys come from the auth service
+    else:
+        key = "JWT_SECRET" if _hs(env) else "JWT_PUBLIC_KEY"
+    problems += check_secrets(["JWT_SECRET", "JWT_PUBLIC_KEY", "EVENT_ID_KEY"],
+                              required=[k for k in (key, "EVENT_ID_KEY") if k], env=env)
     waiver = waived(env)
     if waiver is None:
         problems.append(Problem(ISS_AUD_WAIVER, "must be `true` or `false`",
@@ -155,6 +162,40 @@ def ingress_problems(env: Mapping[str, str] | None = None) -> list[Problem]:
         problems.append(Problem("JWT_MAX_TTL_S", "must be a positive number of seconds",
                                 f"unset it (default {DEFAULT_JWT_MAX_TTL_S}) or set the longest token lifetime "
                                 f"the auth service issues"))
+    return problems
+
+
+def jwks_problems(env: Mapping[str, str]) -> list[Problem]:
+    """JWT_JWKS_URL as the key source: an http(s) URL, an asymmetric algorithm, no second key
+    source beside it, and positive durations."""
+    url = env["JWT_JWKS_URL"].strip()
+    problems = []
+    parts = urlsplit(url)
+    if is_placeholder(url):
+        problems.append(Problem("JWT_JWKS_URL", "holds a placeholder, not a real value",
+                                "set JWT_JWKS_URL to the auth service's JWKS (e.g. .../.well-known/jwks.json)"))
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(Problem("JWT_JWKS_URL", "is not an http(s) URL",
+                                "set JWT_JWKS_URL to the auth service's JWKS, https outside a trusted network"))
+    if _hs(env):
+        problems.append(Problem("JWT_ALGORITHM", "is an HS* algorithm but JWT_JWKS_URL is set",
+                                "a JWKS publishes public keys: set JWT_ALGORITHM to the auth service's "
+                                "RS256/ES256/EdDSA, or unset JWT_JWKS_URL and set JWT_SECRET"))
+    if (env.get("JWT_PUBLIC_KEY") or "").strip():
+        problems.append(Problem("JWT_PUBLIC_KEY", "is set as well as JWT_JWKS_URL",
+                                "keep one key source: unset JWT_PUBLIC_KEY (the JWKS holds the keys) "
+                                "or unset JWT_JWKS_URL"))
+    for name in JWKS_DURATIONS:
+        raw = (env.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            ok = math.isfinite(float(raw)) and float(raw) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(Problem(name, "must be a positive number of seconds",
+                                    f"unset it for the default, or set seconds (docs/reference.md)"))
     return problems
 
 
