@@ -13,7 +13,14 @@ import os
 import shutil
 import tempfile
 
-from shared import secrets
+from shared.logging import log, setup_logging
+
+# First of all: whatever the master and its workers write from here on (gunicorn's arbiter via
+# logger_class below, library records, warnings such as gevent's MonkeyPatchWarning, a crash)
+# is one JSON line on stdout. JsonLogger.setup re-applies it with GUNICORN_LOG_LEVEL.
+setup_logging("ingress", os.environ.get("LOG_LEVEL") or "INFO")
+
+from shared import secrets  # noqa: E402
 
 # Before anything else, in the master: no start with a missing, placeholder or weak secret, or
 # without JWT_ISSUER/JWT_AUDIENCE (unless waived); `refusing to start` names the variable, exit 2.
@@ -51,6 +58,21 @@ logger_class = "ingress.server.JsonLogger"  # gunicorn's own lines as JSON on st
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "warning")
 preload_app = False     # the app (and its broker connection) is built in each worker, after the fork
 worker_tmp_dir = "/dev/shm"  # heartbeat file: not on a disk, and works with a read-only root
+
+
+def _greenlet_failure(hub, context, exc_type, exc, tb) -> None:
+    """gevent's Hub.print_exception: a greenlet that died of an exception, as one JSON line
+    (gevent writes a raw traceback and a timestamp to stderr)."""
+    failed = log.bind(logger="gevent.hub", context=repr(context)[:200])
+    if exc is None:  # gevent may pass the type alone
+        failed.error("greenlet failed", exception=getattr(exc_type, "__name__", str(exc_type)))
+    else:
+        failed.opt(exception=(type(exc), exc, tb)).error("greenlet failed")
+
+
+def post_fork(server, worker):
+    from gevent.hub import Hub
+    Hub.print_exception = _greenlet_failure
 
 
 def on_starting(server):

@@ -7,12 +7,10 @@ JSON object per line on stdout (DESIGN §7). ingress/gunicorn_conf.py wires both
 """
 from __future__ import annotations
 
-import logging
-
 import orjson
 from gunicorn import glogging, util
 
-from shared.logging import log, setup_logging
+from shared.logging import InterceptHandler, setup_logging
 
 _ERRORS = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
            431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
@@ -31,18 +29,12 @@ def answer_errors_in_json() -> None:
     util.write_error = write_json_error
 
 
-class _ToJsonLines(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            log.opt(exception=record.exc_info).bind(component="gunicorn").log(record.levelname, record.getMessage())
-        except Exception:
-            self.handleError(record)
-
-
 class JsonLogger(glogging.Logger):
     """gunicorn's error log (start, stop, worker timeouts, refused requests) as our JSON lines."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
         setup_logging("ingress", cfg.loglevel)
-        self.error_log.handlers = [_ToJsonLines()]
+        # gunicorn.error (arbiter, workers) and gunicorn.access do not propagate: their own handler
+        for own in (self.error_log, self.access_log):
+            own.handlers = [InterceptHandler(component="gunicorn")]

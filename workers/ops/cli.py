@@ -26,6 +26,10 @@ def _config():
                    "ignored when missing.")
 def main(env_file: str) -> None:
     """Spotter operations: run workers, migrate, declare topology, inspect dead letters."""
+    from shared.logging import setup_logging
+    # Until a command says otherwise (`run`, `migrate` log on stdout), library warnings and a
+    # crash are JSON lines on stderr: stdout is an operator command's answer.
+    setup_logging("workers", os.environ.get("LOG_LEVEL") or "INFO", to_stderr=True)
 
 
 def _dev_env_file() -> Path:
@@ -53,6 +57,7 @@ def run(name: str) -> None:
     from shared.logging import log
     from shared.topology import TopologyMismatch
 
+    setup_logging(name, os.environ.get("LOG_LEVEL") or "INFO")  # a worker's every line on stdout, a crash included
     secrets.enforce(name)  # before anything else: exit 2 on a missing, placeholder or weak key
     config = _config()
     setup_logging(name, config.log_level)
@@ -111,19 +116,28 @@ def _domains(names, all_):
               help="List applied and pending migrations; exit 1 if any is pending or a database cannot be read.")
 def migrate(databases, all_, rollback, count, create, show_status) -> None:
     """Apply (or roll back) yoyo migrations: settings, video, … or --all."""
+    import psycopg2
+
     from workers.ops import migrate as m
     from shared.config import database_url
+    from shared.errors import describe
+    from shared.logging import log, setup_logging
 
     if show_status:
         sys.exit(_migration_status(databases, all_))
+    setup_logging("migrate", os.environ.get("LOG_LEVEL") or "INFO")  # the migration Job: JSON lines on stdout
     for domain in _domains(databases, all_):
         url = database_url(domain, allow_plain=len(databases) == 1)
-        if create and m.ensure_database(url):
-            click.echo(f"{domain}: created database")
-        if rollback:
-            click.echo(f"{domain}: rolled back {m.rollback(domain, url, count)} migration(s)")
-        else:
-            click.echo(f"{domain}: applied {m.apply(domain, url)} migration(s)")
+        try:
+            if create and m.ensure_database(url):
+                log.info("created database", database=domain)
+            if rollback:
+                log.info("rolled back", database=domain, migrations=m.rollback(domain, url, count))
+            else:
+                log.info("migrated", database=domain, migrations=m.apply(domain, url))
+        except psycopg2.Error as exc:  # unreachable, refused: the Job fails and Kubernetes retries it
+            log.error("migration failed", database=domain, error=describe(exc)[:300])
+            sys.exit(1)
 
 
 def _migration_status(databases, all_) -> int:

@@ -304,9 +304,12 @@ def main(log_path, append, expect_consumers, max_dead, max_restarts, namespace, 
     from dotenv import load_dotenv
 
     from shared.config import Config
+    from shared.logging import setup_logging
 
     if env_file and os.path.isfile(env_file):
         load_dotenv(env_file, override=False)
+    # the report is the answer on stdout; library warnings and a crash: JSON lines on stderr
+    setup_logging("pod-health-check", os.environ.get("LOG_LEVEL") or "INFO", to_stderr=True)
     expected = _consumers(expect_consumers)
     now = datetime.now(timezone.utc)
     config = Config.from_env()
