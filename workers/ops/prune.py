@@ -186,13 +186,12 @@ class Pruner:
         ]
         results = []
         for rows_label, objects_label, where, before, settle in kinds:
+            labels = [label for label in (rows_label, objects_label) if label]  # a marked row is no removal: no line
             try:
                 rows, objects = self._video_kind(conn, storage, where, before, settle)
-                found = [Result("video", rows_label, rows), Result("video", objects_label, objects)]
+                results += [Result("video", label, n) for label, n in zip(labels, (rows, objects)[-len(labels):])]
             except Exception as exc:  # the bucket or the database failed: this batch was rolled back
-                error = f"{type(exc).__name__}: {redact(exc)}"
-                found = [Result("video", rows_label, error=error), Result("video", objects_label, error=error)]
-            results += [r for r in found if r.target is not None]  # a marked row is no removal: no line
+                results += [Result("video", label, error=f"{type(exc).__name__}: {redact(exc)}") for label in labels]
         return results
 
     def _video_kind(self, conn, storage, where: str, before: datetime, settle: str) -> tuple[int, int]:
