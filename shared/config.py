@@ -2,7 +2,8 @@
 
 Everything the ingress and the runtime read is here. Besides this module, only these read the
 environment: gunicorn's own settings (ingress/gunicorn_conf.py), the secrets check that runs before
-anything starts (shared/secrets.py), the operator and dev tools (workers/ops/), and the limits a
+anything starts (shared/secrets.py), the operator and dev tools (workers/ops/; the retentions of
+`workers prune` in workers/ops/retention.py RetentionConfig), and the limits a
 single domain owns, each in one `from_env` beside its use (notify InboxLimits, settings AccessLimits,
 transcode Limits and its sandbox user)."""
 from __future__ import annotations

@@ -79,9 +79,14 @@ def named(objects, kind: str, name: str) -> dict:
     return found[0]
 
 
+def pod_template(o: dict) -> dict:
+    """The pod template of a Deployment, Job or CronJob."""
+    return (o["spec"]["jobTemplate"]["spec"] if o["kind"] == "CronJob" else o["spec"])["template"]
+
+
 def workloads(objects) -> list[tuple[dict, dict]]:
-    """(object, pod spec) of every Deployment and Job."""
-    return [(o, o["spec"]["template"]["spec"]) for o in objects if o["kind"] in ("Deployment", "Job")]
+    """(object, pod spec) of every Deployment, Job and CronJob."""
+    return [(o, pod_template(o)["spec"]) for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
 
 
 def argv(container: dict) -> list[str]:
@@ -190,7 +195,7 @@ def test_everything_lives_in_the_restricted_namespace_app(objects):
 
 def test_pods_carry_the_recommended_labels(objects):
     for o, _ in workloads(objects):
-        labels = o["spec"]["template"]["metadata"]["labels"]
+        labels = pod_template(o)["metadata"]["labels"]
         assert labels.get("app.kubernetes.io/part-of") == "spotter", o["metadata"]["name"]
         assert labels.get("app.kubernetes.io/name"), o["metadata"]["name"]
         assert labels.get("app.kubernetes.io/component"), o["metadata"]["name"]
@@ -393,6 +398,35 @@ def test_storage_setup_job_configures_the_bucket_with_the_storage_keys_only(obje
     assert argv(c) == ["workers", "storage", "setup"]  # never --create: a typo in S3_BUCKET must fail, not make a bucket
     assert pod["restartPolicy"] in ("Never", "OnFailure")
     assert set(secret_refs(c)) == {"S3_ACCESS_KEY", "S3_SECRET_KEY"}
+
+
+# ---- retention -----------------------------------------------------------------------------
+def test_prune_cronjob_prunes_every_database_and_the_bucket_never_twice_at_once(objects):
+    (cron,) = [o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "prune"]
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and len(spec["schedule"].split()) == 5
+    job = spec["jobTemplate"]["spec"]
+    (c,) = job["template"]["spec"]["containers"]
+    assert argv(c) == ["workers", "prune", "--json"]  # every database; one JSON object per line
+    assert job["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    assert job["activeDeadlineSeconds"] < 3600, "a run must end before the next hourly one is due"
+    domains = sorted(p.name for p in (REPO / "migrations").iterdir() if p.is_dir() and not p.name.startswith("_"))
+    needed = {f"{d.upper()}_DATABASE_URL" for d in domains} | {"S3_ACCESS_KEY", "S3_SECRET_KEY"}
+    assert not needed - set(secret_refs(c)), f"the prune CronJob lacks {sorted(needed - set(secret_refs(c)))}"
+    env = config_data(objects, c)
+    assert {"S3_ENDPOINT_URL", "S3_BUCKET", "IDEMPOTENCY_RETENTION_S", "SOURCE_RETENTION_S"} <= set(env)
+
+
+def test_the_configured_retentions_pass_prunes_own_check(objects):
+    from shared.config import StorageConfig
+    from workers.ops import retention as r
+
+    (cron,) = [o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "prune"]
+    (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = config_data(objects, c)
+    delays = tuple(int(d) for d in env.get("RETRY_DELAYS_S", "1,5,30,120").split(","))
+    r.check(r.RetentionConfig.from_env(env), int(env.get("MAX_ATTEMPTS", Config.max_attempts)), delays,
+            int(env.get("UPLOAD_URL_EXPIRY_S", StorageConfig.upload_expiry_s)))
 
 
 # ---- secrets -------------------------------------------------------------------------------

@@ -164,6 +164,39 @@ def _migration_status(databases, all_) -> int:
 
 
 @main.command()
+@click.argument("databases", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def prune(databases, dry_run, as_json) -> None:
+    """Delete what is past its retention, in short batches: every database (or those named) and the bucket.
+
+    One line per table or bucket prefix with how many rows or objects went (docs/operations.md,
+    Retention). Exit 2 when a retention is unsafe or malformed, 1 when a database or the bucket
+    failed (the others are still pruned)."""
+    from shared.config import StorageConfig, database_url
+    from workers.ops import prune as p
+    from workers.ops import retention as r
+    from workers.runtime.storage import Storage
+
+    names = _domains(databases, False)
+    try:
+        config, storage_config = _config(), StorageConfig.from_env()
+        retention = r.RetentionConfig.from_env()
+        r.check(retention, config.max_attempts, config.retry_delays_s, storage_config.upload_expiry_s)
+        from workers.notify.worker import InboxLimits
+        from workers.settings.access_limits import Limits
+        InboxLimits.from_env(), Limits.from_env()  # the other retentions prune applies: malformed → refuse now
+    except (ValueError, RuntimeError) as exc:
+        click.echo(f"refusing to prune: {exc}", err=True)
+        sys.exit(2)
+    urls = {d: database_url(d, allow_plain=len(databases) == 1) for d in names}
+    results = p.prune(urls, retention, dry_run, storage=lambda: Storage(storage_config, read_timeout=30))
+    for result in results:
+        click.echo(result.json(dry_run) if as_json else result.line(dry_run))
+    sys.exit(1 if any(result.error for result in results) else 0)
+
+
+@main.command()
 def topology() -> None:
     """Declare exchanges, every worker's queues and bindings (idempotent)."""
     from shared import broker, topology as t
