@@ -3,7 +3,7 @@
 The ingress writes its publish frames itself (shared/frames.py) straight into the connection's
 output, sends early under load and joins pika's write buffers into one send(); BatchPublisher
 queues frames on a BlockingChannel's underlying channel so one tx.commit flushes them all. All of
-that leans on pika internals that any release may rename (setup.cfg pins pika <1.5, constraints.txt
+that leans on pika internals that any release may rename (setup.cfg pins pika <1.5, requirements.lock
 the exact version). `self_check()` runs once per process: the private attributes are there and
 frames.py still writes pika's own bytes. If not, every caller here uses pika's public API instead
 (slower, same results), after one warning. No other module may touch a pika private attribute.
