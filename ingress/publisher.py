@@ -311,6 +311,18 @@ class Publisher:
             entry = self._pending.pop(tag, None)
             if entry is not None:
                 self._resolve(entry, acked)
+        if not acked:
+            self._recycle()
+
+    def _recycle(self) -> None:
+        """A nack: start over on a new connection. RabbitMQ 3.10 keeps refusing a quorum queue on a
+        channel whose first publish to it found the queue's leader's node down, long after a new
+        leader was elected; a new channel publishes again (tests/test_cluster_failover.py)."""
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            log.warning("broker refused a message, reconnecting for a new channel",
+                        node=broker.address(self._nodes.current))
+            connection.close()  # _on_closed fails what is in flight (503: the client retries)
 
     @staticmethod
     def _resolve(entry: _Pending, acked: bool) -> None:

@@ -20,12 +20,14 @@ import pytest
 from shared import broker
 from shared.envelope import new_event
 from tests.chaos.cluster import RabbitCluster
+from tests.support import auth
 from tests.support.db import query
 from tests.support.events import event as frontend_event
 from tests.support.ingress_server import Ingress
 from tests.support.net import free_port
 from tests.support.processes import run_cli, workers_cli
 from tests.support.rabbit import wait_for
+from workers.runtime.publisher import BatchPublisher, Message, Nacked
 
 QUORUM_QUEUES = ("dm", "dm.dead", "dm.retry.1s", "dm.retry.2s", "settings", "notify")
 
@@ -38,9 +40,12 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def cluster_env(cluster):
+def cluster_env(cluster, jwt_secret):
+    """A worker's or the ingress's environment on the cluster (not on the machine's broker, which
+    another run may be restarting)."""
     env = {"RABBITMQ_URL": cluster.url, "RABBITMQ_MANAGEMENT_URL": cluster.management_urls,
-           "RETRY_DELAYS_S": "1,2"}
+           **auth.ingress_env(jwt_secret), "LOG_LEVEL": "INFO", "RETRY_DELAYS_S": "1,2", "MAX_ATTEMPTS": "3",
+           "OUTBOX_RELAY_INTERVAL_S": "1", "PYTHONUNBUFFERED": "1"}
     run_cli("topology", env=env)
     return env
 
@@ -139,9 +144,9 @@ def _message(user: str, conversation: str):
 
 
 def test_nodes_killed_mid_stream_lose_nothing_and_apply_nothing_twice(cluster, cluster_env, make_database,
-                                                                    base_env, jwt_secret):
+                                                                    jwt_secret):
     db = make_database("dm")
-    env = {**base_env, **cluster_env, "DM_DATABASE_URL": db}
+    env = {**cluster_env, "DM_DATABASE_URL": db}
     worker = workers_cli("run", "dm", env=env)
     ingress_port = free_port()
     ingress_proc = workers_cli("serve", env={**env, "PORT": str(ingress_port), "WEB_CONCURRENCY": "1"})
@@ -268,3 +273,61 @@ def _polled(db: str, sql: str):
         return query(db, sql)
     except psycopg2.OperationalError:
         return [(-1,)] if "count" in sql else []
+
+
+def test_a_refused_publish_is_an_error_and_a_new_channel_publishes_again(cluster, cluster_env, jwt_secret):
+    """RabbitMQ 3.10: a channel whose first publish to a quorum queue finds the queue's leader's node
+    down refuses that queue from then on, also after a new leader is elected; and in an AMQP
+    transaction it answers tx.commit-ok for the refused message, which is gone. The worker's
+    publisher (confirms, not transactions) raises and publishes on a new channel; the ingress
+    answers 503 and reconnects, then 202."""
+    for i in range(cluster.size):
+        if not cluster.is_running(i):
+            cluster.restart(i)
+    # a probe queue led by dm's leader (a quorum queue starts led by the node it was declared on)
+    leader, probe = cluster.leader("dm"), f"probe-{uuid.uuid4().hex[:8]}"
+    setup = broker.connect(cluster.amqp_url(leader)).channel()
+    setup.queue_declare(probe, durable=True, arguments={"x-queue-type": "quorum", "x-overflow": "reject-publish"})
+    setup.connection.close()
+    assert cluster.leader(probe) == leader
+    # the leader and one more down: no quorum; then the other one back, the leader still down
+    other, survivor = [i for i in range(cluster.size) if i != leader]
+    port = free_port()
+    ingress_proc = workers_cli("serve", env={**cluster_env, "RABBITMQ_URL": cluster.amqp_url(survivor),
+                                             "PORT": str(port), "WEB_CONCURRENCY": "1"})
+    ingress = Ingress(ingress_proc, port, jwt_secret)
+    publisher = BatchPublisher(cluster.amqp_url(survivor), "test-batch-publisher")
+    message = Message("", probe, b"{}", pika.BasicProperties(delivery_mode=2, message_id="probe"), mandatory=True)
+    user = str(uuid.uuid4())
+
+    def post() -> int:
+        return ingress.post(frontend_event("dm.message.sent", user_id=user, data={
+            "conversation_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4()), "body": "last set"}))[0]
+
+    try:
+        wait_for(lambda: _node_of(cluster, ingress_proc, "broker connected")[1], timeout=60, message="ingress connected")
+        cluster.kill(leader)
+        cluster.kill(other)
+        with pytest.raises(Nacked):  # no quorum: refused, and said so (a transaction said commit-ok)
+            publisher.publish([message])
+        assert post() == 503
+        cluster.restart(other)  # a majority again: a new leader, while the old one's node stays down
+        wait_for(lambda: _publishes(publisher, message), timeout=30, message="published on a new channel")
+        wait_for(lambda: post() == 202, timeout=30, message="the ingress accepts again")
+        check = broker.connect(cluster.amqp_url(survivor)).channel()
+        assert check.queue_declare(probe, passive=True).method.message_count == 1  # exactly the one confirmed
+        check.connection.close()
+    finally:
+        publisher.close()
+        ingress_proc.terminate()
+        for i in range(cluster.size):
+            if not cluster.is_running(i):
+                cluster.restart(i)
+
+
+def _publishes(publisher: BatchPublisher, message: Message) -> bool:
+    try:
+        publisher.publish([message])
+        return True
+    except Nacked:
+        return False
