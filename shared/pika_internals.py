@@ -175,3 +175,27 @@ def virtual_host(connection) -> str:
     "/" when it cannot tell."""
     params = getattr(getattr(connection, "_impl", None), "params", None)
     return getattr(params, "virtual_host", None) or "/"
+
+
+def confirm_select(channel, on_confirm) -> bool:
+    """Put a BlockingChannel in confirm mode with our own basic.ack/nack callback, so that a batch
+    of publishes is confirmed in one round trip (BlockingChannel's own confirm mode waits for each
+    message in turn). False when pika lacks what this needs: the caller then uses
+    `channel.confirm_delivery()` and publishes one confirmed message at a time (slower, same result)."""
+    impl = getattr(channel, "_impl", None) if fast_path_active() else None
+    if impl is None or not callable(getattr(channel, "_flush_output", None)):
+        if FAST_PATH_ACTIVE:
+            _fall_back(f"pika {pika.__version__} BlockingChannel lacks _impl or _flush_output")
+        return False
+    selected = []
+    impl.confirm_delivery(ack_nack_callback=on_confirm, callback=selected.append)
+    channel._flush_output(lambda: bool(selected))
+    return True
+
+
+def await_confirms(channel, done) -> None:
+    """Process the connection's I/O until `done()` (every confirm in) or the channel closes; the
+    wait tx_commit had (heartbeats and blocked_connection_timeout end it on a dead connection)."""
+    channel._flush_output(done)
+    if not channel.is_open:
+        raise pika.exceptions.ChannelWrongStateError("the channel closed while waiting for confirms")
