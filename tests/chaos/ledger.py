@@ -54,6 +54,7 @@ class Summary:
     events: int = 0
     confirmed: int = 0
     unconfirmed: int = 0
+    resent: int = 0            # events sent more than once (an earlier send unconfirmed or unsent)
     refused: int = 0
     lost: int = 0
     doubled: int = 0
@@ -78,7 +79,7 @@ class Summary:
         rate = self.events / self.seconds if self.seconds else 0.0
         return (f"events={self.events} confirmed={self.confirmed} lost={self.lost} doubled={self.doubled} "
                 f"unexpected={self.unexpected} dead={self.dead} faults={sum(self.faults.values())} "
-                f"unconfirmed={self.unconfirmed} refused={self.refused} dead_dup={self.dead_dup} "
+                f"unconfirmed={self.unconfirmed} refused={self.refused} resent={self.resent} dead_dup={self.dead_dup} "
                 f"outcomes_missing={self.outcomes_missing} drift={self.drift} crashes={self.crashes} "
                 f"drained={'no' if self.hang else 'yes'} kinds={kinds} seconds={self.seconds:.1f} events/s={rate:.0f}" + (f" seed={seed}" if seed is not None else ""))
 
@@ -100,6 +101,7 @@ def tally(plans: list[Planned], ledger: Ledger, effects: dict[str, int], dead: C
         sends = ledger.sends(p.id)
         status = status_of(sends)
         setattr(s, status, getattr(s, status) + 1)
+        s.resent += len(sends) > 1
         may_have_arrived = sum(r in (CONFIRMED, UNCONFIRMED) for r in sends)
         rows, letters = effects.get(p.id, 0), dead.get(p.id, 0)
         if rows > 1:

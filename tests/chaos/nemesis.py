@@ -1,8 +1,10 @@
-"""The nemesis: a seeded schedule of faults, and the thread that injects and heals them.
+"""The nemesis: a seeded schedule of faults, and the threads that inject and heal them.
 
-A fault is injected, held for its duration, then healed; one at a time, each at its scheduled
-second (or at once, if the previous one healed late). The schedule (kinds, targets, times,
-durations) is a pure function of the seed, so a failing run can be replayed."""
+A fault is injected at its second, held for its duration, then healed. Faults on different
+things overlap (a replica killed while PostgreSQL restarts); faults on the same thing take turns
+(`Fault.resource`): two alarms on one broker would each restore what the other set. The
+schedule (kinds, targets, times, durations) is a pure function of the seed, so a failing run can
+be replayed; a fault whose turn comes late starts late, and the log says when it ran."""
 from __future__ import annotations
 
 import random
@@ -25,6 +27,13 @@ class Fault:
     kind: str
     target: str        # a replica ("dm#1"), a link ("dm/pg", "ingress/amqp"), a node ("1"), a queue ("dm")
     duration_s: float  # how long it is held before healing
+
+    @property
+    def resource(self) -> str:
+        """What it acts on, one fault at a time: a replica, a link, PostgreSQL or the broker."""
+        if self.kind in (KILL, SIGTERM, CUT):
+            return f"{self.kind == CUT and 'link' or 'replica'}:{self.target}"
+        return "postgresql" if self.kind == PG_RESTART else "broker"
 
     def __str__(self) -> str:
         return f"{self.kind}({self.target}) at {self.at_s:.1f}s for {self.duration_s:.1f}s"
@@ -58,29 +67,36 @@ class Done:
 
 
 class Nemesis:
-    """Runs a schedule on its own thread; `stop()` cuts the holds short and heals what is injected."""
+    """Runs a schedule, a thread per fault; `stop()` cuts the waits and holds short, and every
+    injected fault is healed before its thread ends."""
 
     def __init__(self, faults: list[Fault], injector: Injector):
         self.faults, self.injector = faults, injector
         self.done: list[Done] = []
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
+        self._locks = {f.resource: threading.Lock() for f in faults}
+        self._threads = [threading.Thread(target=self._run, args=(f,), name=f"nemesis-{i}", daemon=True)
+                         for i, f in enumerate(faults)]
         self._t0 = 0.0
 
     def start(self, t0: float) -> None:
         self._t0 = t0
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         self._stopping.set()
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
-        for fault in self.faults:
-            if self._stopping.wait(max(0.0, self._t0 + fault.at_s - time.monotonic())):
+    def _run(self, fault: Fault) -> None:
+        if self._stopping.wait(max(0.0, self._t0 + fault.at_s - time.monotonic())):
+            return
+        with self._locks[fault.resource]:
+            if self._stopping.is_set():
                 return
             started = time.monotonic() - self._t0
             error = None
@@ -95,6 +111,6 @@ class Nemesis:
                 except Exception as exc:
                     error = f"heal: {type(exc).__name__}: {exc}"
             done = Done(fault, round(started, 2), round(time.monotonic() - self._t0, 2), error)
-            self.done.append(done)
-            log.bind(fault=str(fault), started_s=done.started_s, healed_s=done.healed_s, error=error).info(
-                "fault healed" if error is None else "fault failed")
+        self.done.append(done)
+        log.bind(fault=str(fault), started_s=done.started_s, healed_s=done.healed_s, error=error).info(
+            "fault healed" if error is None else "fault failed")

@@ -11,6 +11,7 @@ and no process of the run is left."""
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import shutil
 import signal
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-faults", action="store_true", help="the same run without a nemesis (a baseline)")
     args = parser.parse_args(argv)
     setup_logging("chaos", "INFO", to_stderr=True)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a publisher's failed reconnects are expected here
     signal.signal(signal.SIGTERM, _interrupt)
     opts = Options(events=args.events, seconds=args.seconds, seed=args.seed, replicas=args.replicas,
                    faults=args.faults, cluster=args.cluster, no_faults=args.no_faults).resolved()
