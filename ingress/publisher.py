@@ -7,6 +7,8 @@ thread: pika calls never yield to another greenlet, so only one is ever inside p
 sleeps until the broker has confirmed (or returned) each of its messages. Confirms of many
 requests overlap, and the frames that requests buffered while the hub was busy leave in one
 send (shared/pika_internals.py coalesce_writes), or every FLUSH_AT_BYTES when a busy hub pass buffers more.
+RABBITMQ_URL may name several nodes of a cluster: a lost or refused connection moves on to the
+next node at once (shared/broker.py Failover).
 Results: CONFIRMED, UNROUTABLE (the broker returned the mandatory message: no queue is bound),
 or a PublishError. While disconnected or blocked by a resource alarm, publishing raises
 BrokerUnavailable at once, so the caller can answer 503 without waiting. Anything else raised
@@ -133,8 +135,11 @@ class Publisher:
     def __init__(self, url: str, name: str = "spotter-ingress", heartbeat_s: int = 30,
                  blocked_timeout_s: float = 10.0, declare_exchanges: tuple[tuple[str, str], ...] = (),
                  subscribe: tuple[tuple[str, str], ...] = (), on_event=None):
-        self._params = broker.parameters(url, heartbeat_s=heartbeat_s,
-                                         blocked_timeout_s=blocked_timeout_s, client_name=name)
+        # RABBITMQ_URL's nodes, from a random one; the next one at once when one fails, the
+        # backoff only after all failed in a row (shared/broker.py Failover)
+        self._nodes = broker.Failover(url, Backoff(first=0.2, cap=5.0), heartbeat_s=heartbeat_s,
+                                      blocked_timeout_s=blocked_timeout_s, client_name=name)
+        self._name = name
         self._declare_exchanges = declare_exchanges  # (name, type): what we publish to
         self._subscribe, self._on_event = subscribe, on_event  # (exchange, routing key) → on_event(body)
         self.pid = process.pid()  # a pika connection must never cross a fork
@@ -147,7 +152,6 @@ class Publisher:
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._replies: dict[str, Reply] = {}  # correlation_id → its Reply
-        self._backoff = Backoff(first=0.2, cap=5.0)
         self._expiry = None
 
     # ---- called from request greenlets ---------------------------------------------------
@@ -218,7 +222,7 @@ class Publisher:
         self._closed.clear()
         try:
             self._connection = GeventConnection(
-                self._params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+                self._nodes.current, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed)
         except Exception as exc:  # bad parameters surface here, network errors in _on_open_error
             self._down(f"cannot connect: {exc!r}")
@@ -274,9 +278,9 @@ class Publisher:
             log.exception("subscribed event failed")
 
     def _mark_ready(self) -> None:
-        self._backoff.reset()
+        self._nodes.connected()
         self._ready.set()
-        log.info("broker connected", connection=self._params.client_properties.get("connection_name"))
+        log.info("broker connected", connection=self._name, node=broker.address(self._nodes.current))
 
     def _on_reply(self, _channel, _method, properties, body) -> None:
         reply = self._replies.pop(properties.correlation_id or "", None)
@@ -362,9 +366,10 @@ class Publisher:
         self._closed.set()
         if self._stopping:
             return
-        delay = self._backoff.next()
-        log.warning("broker connection lost" if was_ready else "broker unreachable",
-                    reason=why[:200], retry_in_s=round(delay, 2))
+        node = broker.address(self._nodes.current)
+        delay = self._nodes.failed()
+        log.warning("broker connection lost" if was_ready else "broker unreachable", node=node,
+                    reason=why[:200], retry_in_s=round(delay, 2), next_node=broker.address(self._nodes.current))
         gevent.spawn_later(delay, self._connect)
 
     def _fail_all(self, error: PublishError) -> None:

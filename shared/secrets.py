@@ -1,7 +1,8 @@
 """Start-up refusal of missing, placeholder and weak secrets (README "Security").
 
 Every process checks, before it does anything else, the secrets it uses: the ingress its bearer
-token key (or JWT_JWKS_URL), EVENT_ID_KEY and the JWT issuer/audience; each worker its own keys (`PROCESSES`). A
+token key (or JWT_JWKS_URL), EVENT_ID_KEY and the JWT issuer/audience; each worker its own keys (`PROCESSES`); and
+every one that its RABBITMQ_URL is well-formed (it may hold credentials, and a bad entry must not wait for a failover). A
 problem is logged as `refusing to start` naming the variable and the fix, never its value, and
 the process exits 2 (like the other start-up refusals, workers/ops/preflight.py).
 
@@ -199,12 +200,27 @@ def jwks_problems(env: Mapping[str, str]) -> list[Problem]:
     return problems
 
 
+def broker_problems(env: Mapping[str, str]) -> list[Problem]:
+    """RABBITMQ_URL (one AMQP URL, or a cluster's, comma-separated): every entry usable."""
+    from shared import broker
+    from shared.config import Config
+
+    try:
+        broker.split_urls(env.get("RABBITMQ_URL", Config.rabbitmq_url))
+    except broker.BrokerUrlError as exc:
+        return [Problem("RABBITMQ_URL", f"is malformed: {exc}",
+                        "set RABBITMQ_URL to amqp://user:password@host:5672/%2F, or several such URLs "
+                        "separated by commas (the nodes of one cluster, docs/operations.md)")]
+    return []
+
+
 def process_problems(process: str, env: Mapping[str, str] | None = None) -> list[Problem]:
     """The problems of `ingress` or of the worker `process`."""
+    env = os.environ if env is None else env
     if process == "ingress":
-        return ingress_problems(env)
+        return ingress_problems(env) + broker_problems(env)
     names, required = PROCESSES.get(process, ((), ()))
-    return check_secrets(names, required, env)
+    return check_secrets(names, required, env) + broker_problems(env)
 
 
 def refuse(problems: list[Problem], service: str, **fields) -> None:

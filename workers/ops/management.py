@@ -2,7 +2,8 @@
 
 It sees what AMQP cannot: policies applied to a queue, unacknowledged counts, consumers of every
 queue at once. URL from `RABBITMQ_MANAGEMENT_URL`, else http://<amqp host>:15672 with the AMQP
-URL's user and password; the vhost is the AMQP URL's path (`%2F` is "/").
+URL's user and password; the vhost is the AMQP URL's path (`%2F` is "/"). Several nodes (either
+variable comma-separated): each request goes to the first node that answers.
 """
 from __future__ import annotations
 
@@ -30,43 +31,63 @@ def _vhost(amqp_url: str) -> str:
 
 
 class Management:
-    def __init__(self, base_url: str, user: str, password: str, vhost: str, timeout_s: float = 3.0):
-        self.base_url, self.vhost, self.timeout_s = base_url.rstrip("/"), vhost, timeout_s
+    """The API of one node, or of each node of a cluster: a request goes to the first that answers."""
+
+    def __init__(self, base_url: str | list[str], user: str, password: str, vhost: str, timeout_s: float = 3.0):
+        bases = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = [b.rstrip("/") for b in bases]
+        self.vhost, self.timeout_s = vhost, timeout_s
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     @classmethod
     def from_env(cls, amqp_url: str | None = None, timeout_s: float = 3.0) -> "Management":
-        amqp = urllib.parse.urlsplit(amqp_url or os.environ.get("RABBITMQ_URL", "amqp://127.0.0.1:5672/%2F"))
+        """RABBITMQ_MANAGEMENT_URL (comma-separated for several nodes), else port 15672 of each
+        host of the AMQP URL(s) (RABBITMQ_URL), with the first AMQP URL's user, password and vhost."""
+        amqp_urls = [u.strip() for u in (amqp_url or os.environ.get("RABBITMQ_URL", "amqp://127.0.0.1:5672/%2F")).split(",")]
+        amqp = urllib.parse.urlsplit(amqp_urls[0])
         user = urllib.parse.unquote(amqp.username or "guest")
         password = urllib.parse.unquote(amqp.password or "guest")
         explicit = os.environ.get("RABBITMQ_MANAGEMENT_URL")
+        bases = []
         if explicit:
-            mgmt = urllib.parse.urlsplit(explicit)
-            if mgmt.username:  # credentials in the management URL win, and stay out of the base URL
-                user, password = urllib.parse.unquote(mgmt.username), urllib.parse.unquote(mgmt.password or "")
-            netloc = mgmt.hostname + (f":{mgmt.port}" if mgmt.port else "")
-            base = urllib.parse.urlunsplit((mgmt.scheme, netloc, mgmt.path, "", ""))
+            for entry in explicit.split(","):
+                mgmt = urllib.parse.urlsplit(entry.strip())
+                if mgmt.username:  # credentials in the management URL win, and stay out of the base URL
+                    user, password = urllib.parse.unquote(mgmt.username), urllib.parse.unquote(mgmt.password or "")
+                netloc = mgmt.hostname + (f":{mgmt.port}" if mgmt.port else "")
+                bases.append(urllib.parse.urlunsplit((mgmt.scheme, netloc, mgmt.path, "", "")))
         else:
-            base = f"http://{amqp.hostname or '127.0.0.1'}:{DEFAULT_PORT}"
-        return cls(base, user, password, _vhost(amqp.geturl()), timeout_s)
+            hosts = dict.fromkeys(urllib.parse.urlsplit(u).hostname or "127.0.0.1" for u in amqp_urls)
+            bases = [f"http://{host}:{DEFAULT_PORT}" for host in hosts]
+        return cls(bases, user, password, _vhost(amqp.geturl()), timeout_s)
 
     @property
     def where(self) -> str:
-        """The API's address without credentials: safe to print."""
-        return self.base_url
+        """The API's address(es) without credentials: safe to print."""
+        return ",".join(self.base_urls)
 
     def _get(self, path: str):
-        request = urllib.request.Request(self.base_url + path, headers={"Authorization": self._auth})
+        """The first node's answer; the next node's when one cannot answer (down, 5xx)."""
+        error = None
+        for base in self.base_urls:
+            try:
+                return self._get_from(base, path)
+            except ManagementUnavailable as exc:
+                error = exc
+        raise error
+
+    def _get_from(self, base: str, path: str):
+        request = urllib.request.Request(base + path, headers={"Authorization": self._auth})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
-            raise ManagementUnavailable(f"management API at {self.where} answered HTTP {exc.code}") from None
+            raise ManagementUnavailable(f"management API at {base} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ManagementUnavailable(f"management API at {self.where} unreachable: {reason}") from None
+            raise ManagementUnavailable(f"management API at {base} unreachable: {reason}") from None
 
     def _vq(self) -> str:
         return urllib.parse.quote(self.vhost, safe="")

@@ -123,8 +123,8 @@ class ConsumeLoop:
             self.stopping.wait(min(deadline - now, 1.0))
 
     def _consume(self, backoff: Backoff) -> None:
-        params = broker.parameters(self.config.rabbitmq_url, self.config.heartbeat_s, client_name=f"worker-{self.name}")
-        connection = pika.BlockingConnection(params)
+        connection, node = broker.open_connection(self.config.rabbitmq_url, heartbeat_s=self.config.heartbeat_s,
+                                                  client_name=f"worker-{self.name}")
         try:
             channel = connection.channel()
             topology.declare_worker(channel, self.name, self.bindings, self.config.exchange,
@@ -132,13 +132,17 @@ class ConsumeLoop:
             channel.basic_qos(prefetch_count=self.prefetch)
             self._generation += 1
             self._connection, self._channel = connection, channel
+            cancelled = []  # e.g. the queue was deleted: consuming again needs it declared again
+            channel.add_on_cancel_callback(cancelled.append)
             tag = channel.basic_consume(self.queue, partial(self._on_message, self._generation))
             backoff.reset()
-            log.info("consuming", worker=self.name, queue=self.queue)
+            log.info("consuming", worker=self.name, queue=self.queue, node=broker.address(node))
             while not self.stopping.is_set():
                 self.turned = time.monotonic()
                 connection.process_data_events(time_limit=0 if self._pending and self.idle.is_set() else 0.2)
                 self._dispatch()
+                if cancelled:
+                    raise broker.ConsumerCancelled(f"the broker cancelled our consumer of {self.queue}")
             channel.basic_cancel(tag)  # no new deliveries; finish what we hold
             deadline = time.monotonic() + self.config.drain_timeout_s
             while (self._pending or not self.idle.is_set()) and time.monotonic() < deadline:

@@ -81,19 +81,23 @@ class QueryServer:
                 self.stopping.wait(backoff.next())
 
     def _consume(self, backoff: Backoff) -> None:
-        connection = broker.connect(self.config.rabbitmq_url, heartbeat_s=self.config.heartbeat_s,
-                                    client_name=f"worker-{self.spec.name}-queries")
+        connection, node = broker.open_connection(self.config.rabbitmq_url, heartbeat_s=self.config.heartbeat_s,
+                                                  client_name=f"worker-{self.spec.name}-queries")
         try:
             channel = connection.channel()
             topology.declare_queries(channel, self.spec.name, self.spec.queries.keys(), self.config.exchange)
             channel.basic_qos(prefetch_count=QUERY_PREFETCH)
+            cancelled = []
+            channel.add_on_cancel_callback(cancelled.append)
             channel.basic_consume(self.names.queries, self._on_message)
             self._channel = channel
             backoff.reset()
             log.info("answering queries", worker=self.spec.name, queue=self.names.queries,
-                     queries=sorted(self.spec.queries))
+                     queries=sorted(self.spec.queries), node=broker.address(node))
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.5)
+                if cancelled:  # W.queries is classic: in a cluster it is lost with its node
+                    raise broker.ConsumerCancelled(f"the broker cancelled our consumer of {self.names.queries}")
         finally:
             self._channel = None
             if connection.is_open:
