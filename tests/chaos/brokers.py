@@ -46,6 +46,7 @@ class LocalBroker:
 
     def __init__(self):
         self.addresses = [("127.0.0.1", 5672)]
+        self.vhost = "/"  # the run's, once made: where queue leaders are looked up
         self._found: dict[int, tuple[str, str]] = {}  # node → (memory, disk) as found
         self._lock = threading.Lock()
 
@@ -65,12 +66,22 @@ class LocalBroker:
     def stop(self) -> None:
         self.heal()
 
+    @property
+    def management_url(self) -> str:
+        return "http://127.0.0.1:15672"
+
+    def live_url(self, vhost: str) -> str:
+        """One AMQP URL of the vhost, at a node that runs: for the run's own reads."""
+        host, port = self.addresses[self.live_node()]
+        return f"amqp://{USER}@{host}:{port}/{urllib.parse.quote(vhost, safe='')}"
+
     def url(self, vhost: str, ports: list[int] | None = None) -> str:
         """The vhost's AMQP URL(s), comma-separated; `ports`: one local proxy per address instead."""
         hosts = [f"127.0.0.1:{p}" for p in ports] if ports else [f"{h}:{p}" for h, p in self.addresses]
         return ",".join(f"amqp://{USER}@{h}/{urllib.parse.quote(vhost, safe='')}" for h in hosts)
 
     def add_vhost(self, vhost: str) -> None:
+        self.vhost = vhost
         self.ctl(0, "add_vhost", vhost)
         self.ctl(0, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
 
@@ -174,8 +185,11 @@ class ClusterBroker(LocalBroker):
             self.cluster.stop()
 
     def ctl(self, node: int, *args: str, timeout: float = 60) -> str:
-        result = self.cluster.rabbitmqctl(node, "-q", *args)
-        return result if isinstance(result, str) else result.stdout
+        return self.cluster.rabbitmqctl(node, "-q", *args, timeout=timeout).stdout
+
+    @property
+    def management_url(self) -> str:
+        return self.cluster.management_urls
 
     def live_node(self) -> int:
         return next(n for n in self.nodes() if n not in self._down)
@@ -189,7 +203,7 @@ class ClusterBroker(LocalBroker):
         if fault.kind == nemesis.NODE_KILL:
             return self.kill_node(int(fault.target))
         if fault.kind == nemesis.LEADER_KILL:
-            return self.kill_node(self.cluster.leader(fault.target))
+            return self.kill_node(self.cluster.leader(fault.target, vhost=self.vhost))
         return super().inject(fault)
 
     def kill_node(self, node: int):

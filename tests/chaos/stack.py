@@ -104,8 +104,8 @@ class Stack:
 
     @property
     def url(self) -> str:
-        """The vhost straight at the broker (not through a proxy): for the run's own reads."""
-        return self.broker.url(self.vhost)
+        """The vhost straight at a running node (not through a proxy): for the run's own reads."""
+        return self.broker.live_url(self.vhost)
 
     # ---- up -----------------------------------------------------------------------------------
     def up(self, fixtures: Fixtures) -> "Stack":
@@ -117,12 +117,10 @@ class Stack:
         base = {"FEED_TOKEN_PRIVATE_KEY": private, "FEED_TOKEN_PUBLIC_KEY": public, "LOG_LEVEL": "INFO",
                 "RETRY_DELAYS_S": RETRY_DELAYS_S, "OUTBOX_RELAY_INTERVAL_S": "1", "OUTBOX_RELAY_MIN_AGE_S": "2",
                 "HEALTH_PORT": "0", "DRAIN_TIMEOUT_S": "10", "PYTHONUNBUFFERED": "1",
-                # the local broker's management API checks queue policies at start; a cluster's is not
-                # reachable there, so its workers check queue arguments only
-                "RABBITMQ_MANAGEMENT_URL": ("http://127.0.0.1:15672" if self.broker.name == "local"
-                                            else "http://127.0.0.1:9")}
+                # the start-up check of queue policies asks the management API (of every node)
+                "RABBITMQ_MANAGEMENT_URL": self.broker.management_url}
         subprocess.run([sys.executable, "-m", "workers", "topology"], cwd=REPO, check=True, capture_output=True,
-                       env={**os.environ, **base, "RABBITMQ_URL": self.url}, timeout=120)
+                       env={**os.environ, **base, "RABBITMQ_URL": self.broker.url(self.vhost)}, timeout=120)
         self._declare_tap()
         self._seed(fixtures)
         for link in [f"{w}/amqp" for w in WORKERS] + ["ingress/amqp"]:
@@ -153,7 +151,7 @@ class Stack:
         return self.broker.url(self.vhost, [p.port for p in self.proxies[link]])
 
     def _declare_tap(self) -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(self.url.split(",")[0]))
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
             ch = conn.channel()
             ch.queue_declare(TAP, durable=True, arguments={"x-queue-type": "quorum"})
