@@ -232,7 +232,8 @@ class Stack:
                     self.crashes.append(f"{r.name} ignored SIGTERM for 40 s")
                     _kill_group(r.proc.pid)
                     r.proc.wait()
-                elif kind == nemesis.SIGTERM and code != 0:
+                elif kind == nemesis.SIGTERM and code not in (0, -signal.SIGTERM):
+                    # -SIGTERM: it was still starting (no handler yet, nothing consumed)
                     self.crashes.append(f"{r.name} exited {code} on SIGTERM")
                 r.start()
                 r.held = False
