@@ -9,7 +9,8 @@ A publisher re-sends an unconfirmed event (as the offline client does) until it 
 refused: an event is confirmed if any send was. Events that must be dead-lettered are counted
 in their dead-letter queue instead: confirmed → there; each copy that may have reached the
 broker → at most one dead letter (a re-sent copy is dead-lettered again: no idempotency key is
-kept for a refused event)."""
+kept for a refused event; and a connection lost between forwarding a dead letter and acking
+its original redelivers the original: `dead_dup`, reported, not a failure)."""
 from __future__ import annotations
 
 import threading
@@ -71,8 +72,11 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.doubled or self.unexpected or self.dead_dup or self.outcomes_missing
-                    or self.drift or self.hang)
+        # dead_dup is reported, not failed on: dead-lettering is at-least-once. A dead letter is
+        # forwarded (confirmed), then its original acked; a connection lost in between redelivers
+        # the original, and it is dead-lettered again (harmless: a replay is deduplicated).
+        return not (self.lost or self.doubled or self.unexpected or self.outcomes_missing or self.drift
+                    or self.hang)
 
     def line(self, seed: int | None = None) -> str:
         kinds = ",".join(f"{k}:{n}" for k, n in sorted(self.faults.items())) or "none"
