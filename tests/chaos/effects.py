@@ -2,6 +2,7 @@
 dead letters, relayed outcome events, and whether everything has drained."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pika
@@ -57,17 +58,20 @@ def expected_outcomes(plans: list[Planned]) -> dict[str, str]:
             for p in plans if p.worker in OUTCOMES}
 
 
-def take_all(url: str, queue: str) -> list[pika.BasicProperties]:
-    """Every message in `queue` (taken: acked), as its properties."""
+def take_all(url: str, queue: str, timeout_s: float = 120) -> list[pika.BasicProperties]:
+    """Every message in `queue` (taken: acked), as its properties. A pause in deliveries is not
+    the end (a cluster's queue leader may be on a node still catching up): done once the queue
+    itself says it is empty."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
         ch.basic_qos(prefetch_count=500)
-        taken = []
-        for method, props, _body in ch.consume(queue, auto_ack=True, inactivity_timeout=2):
-            if method is None:
+        taken, deadline = [], time.monotonic() + timeout_s
+        for method, props, _body in ch.consume(queue, auto_ack=True, inactivity_timeout=1):
+            if method is not None:
+                taken.append(props)
+            elif ch.queue_declare(queue, passive=True).method.message_count == 0 or time.monotonic() > deadline:
                 break
-            taken.append(props)
         ch.cancel()
         return taken
     finally:
