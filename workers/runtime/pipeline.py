@@ -6,8 +6,8 @@
 
 The pipeline owns the database connection (through the processor) and a publishing connection;
 the I/O thread (workers/runtime/consume_loop.py) owns the consuming one and settles what we ask it to.
-Every batch is settled: acked, requeued, or left unacked on purpose (stopping while the
-database is down, so the broker redelivers it after the restart).
+Every batch is settled: acked, or requeued (a failure we could not forward, or stopping while
+the database is down). Never left unsettled: the next batch's one multiple-ack would ack it too.
 """
 from __future__ import annotations
 
@@ -60,21 +60,23 @@ class Pipeline:
                 except Exception:  # our bug: requeue rather than leave the batch held forever
                     log.exception("batch failed, requeued", worker=self.spec.name, batch=len(batch))
                     settlement = requeue_all(batch)
-                if settlement is not None:
-                    settle(settlement)
+                settle(settlement)
                 idle.set()
             if time.monotonic() >= next_relay and not self.stopping.is_set():
                 next_relay = time.monotonic() + self.config.outbox_relay_interval_s
                 self._relay()
             self.publisher.keepalive()
 
-    def handle(self, batch: list[Delivery]) -> Settlement | None:
-        """Commit, forward, answer; how to settle the batch (None: leave it unacked, we are stopping)."""
+    def handle(self, batch: list[Delivery]) -> Settlement:
+        """Commit, forward, answer; how to settle the batch."""
         started = time.perf_counter()
         self.metrics.count(CONSUMED, Tally(d.event_type for d in batch))
         verdicts = self._commit(batch)
         if verdicts is None:
-            return None
+            # Stopping with the database down: hand the batch back now. Left unacked, it was acked
+            # by the multiple-ack of the next batch drained before exit, once the database was back
+            # (bin/chaos seed 1009: confirmed events never applied; tests/workers/test_stop_during_outage.py).
+            return requeue_all(batch)
         duration_ms = round((time.perf_counter() - started) * 1000 / len(batch), 3)
         decided = [(v, decide(v.outcome, v.error, v.delivery.attempt, self.config.max_attempts,
                               self.config.retry_delays_s)) for v in verdicts]
@@ -98,7 +100,7 @@ class Pipeline:
                 break
             except DatabaseUnavailable as exc:
                 if self.stopping.is_set():
-                    return None  # unacked: redelivered after the restart
+                    return None  # the caller requeues it: redelivered to a replica that runs
                 delay = backoff.next()
                 log.warning("database unavailable, holding batch", worker=self.spec.name, batch=len(batch),
                             error=str(exc)[:200], retry_in_s=round(delay, 2), attempt=backoff.attempts)
