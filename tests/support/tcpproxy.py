@@ -73,8 +73,7 @@ class TcpProxy:
             for a, b, gate in ((client, upstream, None), (upstream, client, self._answering)):
                 threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst, gate: threading.Event | None) -> None:
+    def _pipe(self, src, dst, gate: threading.Event | None) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -91,3 +90,6 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            # only live pairs stay listed: a client that reconnected leaves no dead socket behind
+            with self._lock:
+                self._conns = [c for c in self._conns if c is not src and c is not dst]
