@@ -10,23 +10,19 @@ package records). To update: take the file from a newer check-jsonschema wheel a
 Then the facts Kubernetes fixes: the same environment names as k8s/base/config.env and the
 Secret's keys, the same secret keys per container, one service per worker of workers.WORKERS,
 one image, dependencies that exist and wait for health or for the migrations to finish.
-`docker compose config -q` runs too where the compose plugin is installed (it needs no engine).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import jsonschema
-import pytest
 import yaml
 
 from workers import WORKERS
-from workers.ops.devenv import dev_keys, env_lines
+from workers.ops.devenv import dev_keys
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -205,15 +201,3 @@ def test_ports_are_published_on_the_loopback_only():
 def test_the_keys_compose_requires_are_the_ones_devenv_prints():
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
     assert required and required <= set(dev_keys())
-
-
-# ---- Docker's own parser, where it is installed ----------------------------------------------
-def test_docker_compose_config_accepts_it(tmp_path):
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("the docker compose plugin is not installed (the schema test above still ran)")
-    env_file = tmp_path / "dev.env"
-    env_file.write_text("\n".join(env_lines(dev_keys())) + "\n")
-    done = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
-                           "config", "-q"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr

@@ -32,7 +32,7 @@ def dev_keys() -> dict[str, str]:
 def env_lines(keys: dict[str, str]) -> list[str]:
     """`.env` lines; a PEM on one double-quoted line with `\\n` escapes, which both python-dotenv
     (`workers dev`, `workers token`) and Docker Compose turn back into newlines."""
-    lines = ["# development only, written by `python -m workers.ops.devenv`: never commit, never use in production"]
+    lines = ["# development only (workers/ops/devenv.py): never commit, never use in production"]
     for name, value in keys.items():
         if "\n" in value.strip():
             lines.append(f'{name}="{value.strip()}"'.replace("\n", "\\n"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -15,40 +14,27 @@ from workers import WORKERS, load
 
 
 def _ensure_dev_env(env_file: Path) -> None:
-    """First run: a .env with random development keys (never committed)."""
-    if not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY")):
-        secret = secrets.token_urlsafe(32)
-        with env_file.open("a") as f:
-            f.write(f"# written by `workers dev`: development only\nJWT_ALGORITHM=HS256\nJWT_SECRET={secret}\n")
-        os.environ.update(JWT_ALGORITHM="HS256", JWT_SECRET=secret)
-        click.echo(f"wrote a development JWT_SECRET to {env_file}", err=True)
+    """First run: the development keys still missing (workers/ops/devenv.py), appended to .env (never committed)."""
     from shared.secrets import waived
+    from workers.ops.devenv import dev_keys, env_lines
+
+    fresh = dev_keys()
+    missing: list[str] = []
+    if not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY")):
+        missing += ["JWT_ALGORITHM", "JWT_SECRET"]
     if not waived(os.environ):  # the ingress requires both; `workers token` puts them in its tokens
-        claims = {name: "spotter-dev" for name in ("JWT_ISSUER", "JWT_AUDIENCE") if not os.environ.get(name)}
-        if claims:
-            with env_file.open("a") as f:
-                f.write("# bearer token issuer and audience, written by `workers dev`: development only\n")
-                f.writelines(f"{name}={value}\n" for name, value in claims.items())
-            os.environ.update(claims)
-            click.echo(f"wrote development {' and '.join(claims)} to {env_file}", err=True)
+        missing += [name for name in ("JWT_ISSUER", "JWT_AUDIENCE") if not os.environ.get(name)]
     if not os.environ.get("EVENT_ID_KEY"):
-        key = secrets.token_urlsafe(32)
-        with env_file.open("a") as f:
-            f.write(f"# HMAC key of server-made event ids, written by `workers dev`: development only\n"
-                    f"EVENT_ID_KEY={key}\n")
-        os.environ["EVENT_ID_KEY"] = key
-        click.echo(f"wrote a development EVENT_ID_KEY to {env_file}", err=True)
+        missing.append("EVENT_ID_KEY")
     if not os.environ.get("FEED_TOKEN_PRIVATE_KEY"):
-        from shared.feedtokens import generate_keypair
-        private, public = generate_keypair()
-        keys = {"FEED_TOKEN_PRIVATE_KEY": private, "FEED_TOKEN_PUBLIC_KEY": public}
-        with env_file.open("a") as f:  # one line each: PEM newlines as \n escapes
-            f.write("# feed access token keys, written by `workers dev`: development only\n")
-            for name, pem in keys.items():
-                escaped = pem.strip().replace("\n", "\\n")
-                f.write(f'{name}="{escaped}"\n')
-        os.environ.update(keys)
-        click.echo(f"wrote development feed access token keys to {env_file}", err=True)
+        missing += ["FEED_TOKEN_PRIVATE_KEY", "FEED_TOKEN_PUBLIC_KEY"]
+    if not missing:
+        return
+    keys = {name: fresh[name] for name in missing}
+    with env_file.open("a") as f:
+        f.write("\n".join(env_lines(keys)) + "\n")
+    os.environ.update(keys)
+    click.echo(f"wrote development {', '.join(missing)} to {env_file}", err=True)
 
 
 def _prepare() -> None:
