@@ -56,6 +56,9 @@ ROUTES = (
           summary="A page of the caller's notes on a gym machine, newest first."),
     Route("/api/v1/equipment-prefs", "equipment.prefs", None, paged=False,
           summary="The caller's equipment preferences."),
+    Route("/api/v1/reminders", "reminder.list", None,
+          summary="A page of the caller's workout reminders, newest set first, each with its next occurrence; "
+                  "workout_reminders says whether any fires (the app setting)."),
     Route("/api/v1/ai/prompts/{prompt_id}", "ai.prompt.get", "prompt_id", paged=False,
           summary="One of the caller's AI prompts with its status and answer (owner only)."),
 )

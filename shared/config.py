@@ -5,7 +5,7 @@ environment: gunicorn's own settings (ingress/gunicorn_conf.py), the secrets che
 anything starts (shared/secrets.py), the operator and dev tools (workers/ops/; the retentions of
 `workers prune` in workers/ops/retention.py RetentionConfig), and the limits a
 single domain owns, each in one `from_env` beside its use (notify InboxLimits, settings AccessLimits,
-transcode Limits and its sandbox user)."""
+transcode Limits and its sandbox user, reminder ReminderConfig)."""
 from __future__ import annotations
 
 import os

@@ -69,6 +69,7 @@ PROCESSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "machine": ((), ()),
     "notify": ((), ()),
     "program": ((), ()),
+    "reminder": ((), ()),
 }
 
 

@@ -28,7 +28,7 @@ from workers import WORKERS
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"debug", "info", "warning", "error", "critical"}
-DOMAINS = ("SETTINGS", "VIDEO", "PROGRAM", "DM", "MACHINE", "AI", "NOTIFY")
+DOMAINS = ("SETTINGS", "VIDEO", "PROGRAM", "DM", "MACHINE", "AI", "NOTIFY", "REMINDER")
 
 
 @pytest.fixture

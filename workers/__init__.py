@@ -11,6 +11,7 @@ WORKERS = {
     "machine": "workers.machine.worker",
     "notify": "workers.notify.worker",
     "program": "workers.program.worker",
+    "reminder": "workers.reminder.worker",
     "settings": "workers.settings.worker",
     "transcode": "workers.transcode.worker",
     "video": "workers.video.worker",

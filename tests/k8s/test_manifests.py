@@ -498,6 +498,8 @@ def test_each_worker_scales_on_its_queue_counting_unacked(autoscaled):
         assert [r["key"] for r in hosts] == ["RABBITMQ_MANAGEMENT_URL"]
         if load(name).queries:
             assert s["spec"].get("minReplicaCount", 0) >= 1, f"{name} answers reads: never scale it to zero"
+        if load(name).background:  # the reminder scheduler: work no queue message wakes
+            assert s["spec"].get("minReplicaCount", 0) >= 1, f"{name} works on its own: never scale it to zero"
 
 
 def test_transcode_cools_down_longer_than_the_others(autoscaled):

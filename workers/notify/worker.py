@@ -69,6 +69,7 @@ RECIPIENTS: dict[str, Callable[[Envelope], Iterable[str]]] = {
     "machine.note.persisted": _user,           # the note's author
     "media.failed": _user,                     # the video's owner
     "program.persisted": _user,
+    "reminder.due": _user,                     # the reminder's owner (the scheduler addresses it to them)
     "workout_session.summarized": _user,
 }
 

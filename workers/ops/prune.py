@@ -9,6 +9,9 @@ Per database (migrations/<domain>):
   ABANDONED_UPLOAD_RETENTION_S (row and object); the source object of a video settled (ready or
   failed) for SOURCE_RETENTION_S, marked gone in `videos.source_deleted_at`
 - notify: inbox items older than INBOX_RETENTION_S (workers/notify/worker.py prune_inbox)
+- reminder: reminders with nothing left to fire (cancelled, or a one-off decided) unchanged for
+  IDEMPOTENCY_RETENTION_S: a cancel's tombstone outlives every copy of an event the runtime
+  would still recognise, so only a set sent that long after its cancel could bring one back
 The outbox needs nothing: a row goes once the broker confirmed it, and one left is unpublished.
 
 Each batch is its own short transaction: at most PRUNE_BATCH rows, locked with SKIP LOCKED (a
@@ -110,6 +113,9 @@ def row_targets(domain: str, now: datetime, retention: RetentionConfig) -> list[
         retention_s = limits().retention_s
         targets.append(Rows("inbox_items", "at < %(cutoff)s", {"cutoff": cutoff(now, retention_s)},
                             delete_batch=lambda conn, batch: prune_inbox(conn, now, retention_s, batch)))
+    if domain == "reminder":
+        targets.append(Rows("reminders", "next_due IS NULL AND updated_at < %(cutoff)s",
+                            {"cutoff": cutoff(now, retention.idempotency_s)}))
     return targets
 
 

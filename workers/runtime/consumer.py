@@ -43,6 +43,10 @@ class Consumer:
         self.pipeline = Pipeline(spec, config, processor, publisher, self.metrics, self.stopping)
         self.queries = QueryServer(spec, config, db_url, self.metrics) if spec.queries else None
         self._processor_thread: threading.Thread | None = None
+        self._background: threading.Thread | None = None
+        if spec.background is not None:
+            self._background = threading.Thread(target=spec.background, args=(config, db_url, self.stopping),
+                                                name=f"{spec.name}-background", daemon=True)
         self._database_check = DatabaseCheck(db_url, f"worker-{spec.name}-health")
 
     def run(self) -> None:
@@ -56,6 +60,8 @@ class Consumer:
         self._processor_thread.start()
         if self.queries is not None:
             self.queries.start()
+        if self._background is not None:
+            self._background.start()
         health = self._start_health()
         log.info("worker starting", worker=self.spec.name, handlers=sorted(self.spec.handlers),
                  queue=self.loop.queue, bindings=sorted(self.spec.handlers), prefetch=self.loop.prefetch,
@@ -67,6 +73,8 @@ class Consumer:
             self._processor_thread.join(timeout=self.config.drain_timeout_s)
             if self.queries is not None:
                 self.queries.stop()
+            if self._background is not None:
+                self._background.join(timeout=self.config.drain_timeout_s)
             self.processor.close()
             self.pipeline.publisher.close()
             if health is not None:
@@ -92,16 +100,20 @@ class Consumer:
         return server
 
     def _live(self) -> tuple[bool, dict]:
-        """The consume loop turns (a reconnect wait counts: an outage is readiness's business) and
-        the processing thread lives."""
+        """The consume loop turns (a reconnect wait counts: an outage is readiness's business), and
+        the processing thread and the worker's background thread, if it has one, live."""
         age = time.monotonic() - self.loop.turned
         loop_ok = age < self.config.liveness_stale_s
         thread = self._processor_thread
         processor_ok = thread is not None and thread.is_alive()
+        checks = {"consume_loop": "ok" if loop_ok else f"stale: last turned {age:.0f}s ago",
+                  "processor": "ok" if processor_ok else "not running"}
         healthy = loop_ok and processor_ok
-        return healthy, {"status": "ok" if healthy else "unhealthy", "worker": self.spec.name, "checks": {
-            "consume_loop": "ok" if loop_ok else f"stale: last turned {age:.0f}s ago",
-            "processor": "ok" if processor_ok else "not running"}}
+        if self._background is not None:
+            background_ok = self._background.is_alive()
+            checks["background"] = "ok" if background_ok else "not running"
+            healthy = healthy and background_ok
+        return healthy, {"status": "ok" if healthy else "unhealthy", "worker": self.spec.name, "checks": checks}
 
     def _ready(self) -> tuple[bool, dict]:
         """An open channel to consume on (and to answer queries on) and a database that answers."""

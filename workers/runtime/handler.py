@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Mapping
@@ -9,7 +10,9 @@ from typing import Callable, Mapping
 import orjson
 
 from shared import contracts
+from shared.config import Config
 from shared.envelope import Envelope, new_event, outcome_id
+from workers.runtime import outbox
 
 # A handler may return a dict: the answer sent to a request–reply caller (DESIGN §1).
 Handler = Callable[["Context", Envelope], "dict | None"]
@@ -58,11 +61,10 @@ class WorkerSpec:
     # other and with the batch's other writes (newest-wins upserts that also resolve duplicates
     # within the array): the runtime sends a round trip's rows as one statement (see Cursor).
     batched: Mapping[str, str] = field(default_factory=dict)
-
-
-_OUTBOX = ("INSERT INTO outbox (id, event_type, body) "
-           "SELECT (r->>0)::uuid, r->>1, convert_to(r->>2, 'UTF8') FROM jsonb_array_elements(%s::jsonb) AS r "
-           "ON CONFLICT (id) DO NOTHING")
+    # work of the worker's own beside consuming (the reminder scheduler): run(config, db_url,
+    # stopping) on a thread the consumer starts; it returns once `stopping` is set, and /livez
+    # fails if it ends before that (a crash: the pod restarts).
+    background: Callable[[Config, str, threading.Event], None] | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -206,7 +208,6 @@ class Context:
             self._emit_gathered()
         if self._unsent_outbox:
             events, self._unsent_outbox = self._unsent_outbox, []
-            rows = orjson.dumps([(e.id, e.event_type, e.to_json().decode()) for e in events]).decode()
-            self.cursor.execute(_OUTBOX, (rows,))  # no rows back: rides with the buffer
+            self.cursor.execute(outbox.INSERT_ROWS, (outbox.rows(events),))  # no rows back: rides with the buffer
             self.outbox.extend(events)
         self.cursor.flush()

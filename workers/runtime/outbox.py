@@ -3,12 +3,25 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pika
 
 from shared import broker
 from workers.runtime import db
 from shared.envelope import DEFAULT_SCHEMA_VERSION, Envelope
 from workers.runtime.publisher import BatchPublisher, Message
+
+
+# An outbox row per event, from one JSON array of [id, event_type, body]: written in the
+# transaction whose work the events announce (handler.Context.flush, the reminder scheduler).
+INSERT_ROWS = ("INSERT INTO outbox (id, event_type, body) "
+               "SELECT (r->>0)::uuid, r->>1, convert_to(r->>2, 'UTF8') FROM jsonb_array_elements(%s::jsonb) AS r "
+               "ON CONFLICT (id) DO NOTHING")
+
+
+def rows(events: list[Envelope]) -> str:
+    """INSERT_ROWS's parameter."""
+    return orjson.dumps([(e.id, e.event_type, e.to_json().decode()) for e in events]).decode()
 
 
 def message(exchange: str, event_id: str, event_type: str, body: bytes, source: str) -> Message:

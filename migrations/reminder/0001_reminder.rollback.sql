@@ -1,0 +1,3 @@
+-- loses: every reminder and each user's copy of the workout_reminders setting
+DROP TABLE reminder_users;
+DROP TABLE reminders;

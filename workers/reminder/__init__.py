@@ -1,0 +1,1 @@
+"""The reminder domain: workout reminders and their occurrences (schedule.py: when each fires)."""
